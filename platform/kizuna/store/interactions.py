@@ -1,0 +1,80 @@
+"""Logged interactions: what was asked, what each adapter answered, how sure it was."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from kizuna.store.models import Interaction, JsonDict
+
+
+@dataclass(frozen=True, kw_only=True)
+class InteractionRecord:
+    """Everything the serving path knows about one answered request."""
+
+    request_text: str
+    output_text: str
+    strength: float
+    adapter_versions: dict[str, int]
+    token_entropies: list[float]
+    latency_ms: float
+    persona: str | None = None
+    mix: dict[str, float] | None = None
+    consent: bool = False
+    device_id: str | None = None
+    idempotency_key: str | None = None
+    entropy_mean: float = field(init=False)
+    entropy_max: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        entropies = self.token_entropies
+        object.__setattr__(
+            self, "entropy_mean", sum(entropies) / len(entropies) if entropies else 0.0
+        )
+        object.__setattr__(self, "entropy_max", max(entropies, default=0.0))
+
+
+def log_interaction(session: Session, *, record: InteractionRecord) -> Interaction:
+    """Store one interaction; a repeated idempotency key returns the first row instead."""
+    if record.idempotency_key is not None:
+        existing = session.scalar(
+            select(Interaction).where(Interaction.idempotency_key == record.idempotency_key)
+        )
+        if existing is not None:
+            return existing
+    values: JsonDict = asdict(record)
+    interaction = Interaction(**values)
+    session.add(interaction)
+    session.flush()
+    return interaction
+
+
+def set_feedback(session: Session, *, interaction_id: int, thumbs_up: bool) -> Interaction:
+    """Record a person's thumbs up or down on an interaction."""
+    interaction = session.get(Interaction, interaction_id)
+    if interaction is None:
+        raise LookupError(f"no interaction with id {interaction_id}")
+    interaction.feedback = 1 if thumbs_up else -1
+    session.flush()
+    return interaction
+
+
+def count_interactions(session: Session, *, persona: str | None = None) -> int:
+    """How many interactions are stored, optionally for one persona."""
+    query = select(func.count()).select_from(Interaction)
+    if persona is not None:
+        query = query.where(Interaction.persona == persona)
+    return session.scalar(query) or 0
+
+
+def recent_interactions(
+    session: Session, *, limit: int = 100, persona: str | None = None
+) -> Sequence[Interaction]:
+    """The newest interactions first."""
+    query = select(Interaction).order_by(Interaction.id.desc()).limit(limit)
+    if persona is not None:
+        query = query.where(Interaction.persona == persona)
+    return session.scalars(query).all()

@@ -1,0 +1,97 @@
+"""In-process style transfer and chat with one persona's adapter, as registered in the store.
+
+This is the embedded path the CLI uses without a server: resolve the persona's stable
+(or a named) version in the registry, fetch its artifact with the sha256 checked, attach
+it to the base model and generate. The served path reuses the same pieces in batches.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from kizuna.artifacts import fetch_directory
+from kizuna.config import Settings
+from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
+from kizuna.model.generation import SamplingParams, generate
+from kizuna.model.lora import load_adapter, set_strength
+from kizuna.model.prompts import Message, prompt_ids, transform_messages
+from kizuna.personas import get_profile
+from kizuna.store import adapters as adapter_store
+from kizuna.store.db import make_engine, session_factory
+
+MAX_INPUT_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """A reply and what the serving path records about it."""
+
+    output: str
+    persona: str
+    adapter_version: int
+    strength: float
+    entropy_mean: float
+    entropy_max: float
+    token_entropies: list[float]
+    latency_ms: float
+    new_tokens: int
+
+
+def validate_text(text: str) -> str:
+    """Reject empty or over-long input with a message that names the problem."""
+    if not text.strip():
+        raise ValueError("text is empty")
+    if len(text) > MAX_INPUT_CHARS:
+        raise ValueError(f"text is {len(text)} characters; the limit is {MAX_INPUT_CHARS}")
+    return text
+
+
+class PersonaModel:
+    """The base model with one persona's adapter attached, ready to generate."""
+
+    def __init__(self, settings: Settings, *, persona: str, version: int | None = None) -> None:
+        get_profile(persona, settings.resolved_personas_dir)
+        sessions = session_factory(make_engine(settings.resolved_database_url))
+        with sessions() as session:
+            record = (
+                adapter_store.get_adapter(session, persona=persona, version=version)
+                if version is not None
+                else adapter_store.stable_adapter(session, persona=persona)
+            )
+        adapter_dir = fetch_directory(
+            record.artifact_url,
+            sha256=record.sha256,
+            cache_dir=settings.data_dir / "cache" / "adapters",
+        )
+        device = resolve_device(settings.device)
+        self.tokenizer = load_tokenizer(settings.resolved_base_model)
+        base = load_base_model(settings.resolved_base_model, device=device)
+        self.model = load_adapter(base, adapter_dir, name=persona)
+        self.persona = persona
+        self.version = record.version
+
+    def reply(
+        self, messages: list[Message], *, strength: float, params: SamplingParams
+    ) -> TransformResult:
+        """Generate the next assistant turn for ``messages`` at ``strength``."""
+        set_strength(self.model, adapter=self.persona, strength=strength)
+        started = time.perf_counter()
+        generation = generate(
+            self.model, self.tokenizer, prompt_ids(self.tokenizer, messages), params
+        )
+        return TransformResult(
+            output=generation.text,
+            persona=self.persona,
+            adapter_version=self.version,
+            strength=strength,
+            entropy_mean=generation.entropy_mean,
+            entropy_max=generation.entropy_max,
+            token_entropies=generation.token_entropies,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            new_tokens=len(generation.token_ids),
+        )
+
+    def transform(self, text: str, *, strength: float, params: SamplingParams) -> TransformResult:
+        """Rewrite ``text`` in the persona's voice at ``strength``."""
+        return self.reply(transform_messages(validate_text(text)), strength=strength, params=params)

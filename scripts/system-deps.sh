@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests need (PostgreSQL server) from Debian's
+# repositories when they are missing. Safe to re-run; does nothing when all are present.
+set -euo pipefail
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system-deps: all present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system-deps: missing ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts a cluster on install; the tests run their own throwaway server instead.
+if command -v pg_ctlcluster >/dev/null; then
+  for cluster in /etc/postgresql/*/main; do
+    [ -d "$cluster" ] && pg_ctlcluster "$(basename "$(dirname "$cluster")")" main stop || true
+  done
+fi
+echo "system-deps: done"

@@ -40,7 +40,7 @@ demo: setup ## Bootstrap the embedded model and show a transform in every person
 	    --persona $$persona --strength 0.8 --max-new-tokens 40 || exit 1; \
 	done
 
-test: setup system-deps lint ## Lint, then run every test tier (unit, integration, slow)
+test: setup system-deps lint chart ## Lint, check the chart, then run every test tier
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## Only the fast unit tier, for iterating
@@ -58,6 +58,14 @@ format: setup ## Apply ruff's fixes and formatting
 
 bench: setup ## Run every benchmark; each prints one table
 	@for script in benchmarks/*.py; do echo "── $$script"; $(PY) $$script || exit 1; done
+
+chart: setup ## helm lint and helm template the chart for every ci/*-values.yaml scenario
+	scripts/fetch-k8s-tools.sh .tools/bin
+	@for values in charts/kizuna/ci/*-values.yaml; do \
+	  echo "── $$values"; \
+	  .tools/bin/helm lint --strict charts/kizuna -f $$values || exit 1; \
+	  .tools/bin/helm template kizuna charts/kizuna -f $$values > /dev/null || exit 1; \
+	done
 
 clean: ## Remove caches (keeps .venv and the data dir)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache

@@ -69,14 +69,23 @@ def test_greedy_is_deterministic_and_seeded_sampling_repeats(tiny) -> None:
     assert len(others) > 1
 
 
-def test_generation_stops_at_max_new_tokens(tiny) -> None:
+def test_generation_length_bounds(tiny) -> None:
     model, tokenizer = tiny
     prompt = prompt_ids(tokenizer, transform_messages("hello"))
     assert len(generate(model, tokenizer, prompt, SamplingParams(max_new_tokens=3)).token_ids) <= 3
+    fixed = SamplingParams(max_new_tokens=20, min_new_tokens=20)
+    assert len(generate(model, tokenizer, prompt, fixed).token_ids) == 20
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_new_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}]
+    "kwargs",
+    [
+        {"max_new_tokens": 0},
+        {"min_new_tokens": 9, "max_new_tokens": 8},
+        {"temperature": -1.0},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+    ],
 )
 def test_bad_sampling_params_are_refused(kwargs) -> None:
     with pytest.raises(ValueError):

@@ -30,6 +30,8 @@ class SamplingParams:
     """How to pick tokens; temperature 0 means greedy."""
 
     max_new_tokens: int = 64
+    #: Ignore end-of-sequence until this many tokens exist (fixed-length benchmarks).
+    min_new_tokens: int = 0
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
@@ -37,6 +39,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("min_new_tokens must be in [0, max_new_tokens]")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -94,6 +98,7 @@ def generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.min_new_tokens,
             do_sample=sampling,
             temperature=params.temperature if sampling else None,
             top_p=params.top_p if sampling else None,

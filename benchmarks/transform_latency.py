@@ -1,10 +1,11 @@
 """CPU latency of one style transfer (30 new tokens) on the embedded SmolLM2-135M model.
 
-Compares, in one run on the same inputs, the path ``kizuna transform`` takes today (the
-base model with a PEFT LoRA adapter attached, unmerged, so strength can be set per
-request) against the bare base model and the adapter merged into the weights (the
-lower bound for any adapter path). Speed does not depend on the adapter's values, so a
-fresh rank-16 all-linear adapter with random B stands in for a trained one.
+Compares, in one run on the same inputs: the multi-adapter engine that ``kizuna
+transform`` and serving use (per-row gathered LoRA, strength per request), HF
+``generate`` on a PEFT-wrapped model (unmerged adapter), the adapter merged into the
+weights (the floor for any adapter path), and the bare base model. Speed does not
+depend on the adapter's values, so a rank-16 all-linear adapter with random B stands in
+for a trained one.
 
     python benchmarks/transform_latency.py [--repeats 7] [--tokens 30]
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -22,21 +26,20 @@ from rich.table import Table
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer
 from kizuna.model.embedded import build_embedded_model
-from kizuna.model.generation import Generator, SamplingParams, generate
+from kizuna.model.engine import Engine, EngineRequest
+from kizuna.model.generation import SamplingParams, generate
 from kizuna.model.lora import LoraShape, new_adapter, set_strength
 from kizuna.model.prompts import prompt_ids, transform_messages
 
 TEXT = "I can help you with this problem, and I will send you the answer tomorrow morning."
 
 
-def _timings(
-    model: Generator, prompt: list[int], tokenizer, params: SamplingParams, repeats: int
-) -> list[float]:
-    generate(model, tokenizer, prompt, params)  # warm-up: allocator, kernels, caches
+def _timings(run: Callable[[], object], repeats: int) -> list[float]:
+    run()  # warm-up: allocator, kernels, caches
     samples = []
     for _ in range(repeats):
         started = time.perf_counter()
-        generate(model, tokenizer, prompt, params)
+        run()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -55,17 +58,30 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=options.tokens, min_new_tokens=options.tokens)
     base = load_base_model(path, device=torch.device("cpu"))
 
-    results = {"base model, no adapter": _timings(base, prompt, tokenizer, params, options.repeats)}
+    results = {
+        "base model, no adapter": _timings(
+            lambda: generate(base, tokenizer, prompt, params), options.repeats
+        )
+    }
     adapted = new_adapter(base, LoraShape())
     for name, parameter in adapted.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.01)
     set_strength(adapted, adapter="default", strength=0.8)
-    label = "PEFT adapter, unmerged, strength 0.8 (kizuna transform)"
-    results[label] = _timings(adapted, prompt, tokenizer, params, options.repeats)
-    merged = adapted.merge_and_unload()
-    results["adapter merged into weights"] = _timings(
-        merged, prompt, tokenizer, params, options.repeats
+    results["HF generate, PEFT adapter unmerged"] = _timings(
+        lambda: generate(adapted, tokenizer, prompt, params), options.repeats
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        adapted.save_pretrained(tmp)
+        merged = adapted.merge_and_unload()
+        results["HF generate, adapter merged into weights"] = _timings(
+            lambda: generate(merged, tokenizer, prompt, params), options.repeats
+        )
+        engine = Engine(load_base_model(path, device=torch.device("cpu")), tokenizer)
+        engine.load_adapter("persona", Path(tmp))
+    request = EngineRequest(prompt=prompt, mix={"persona": 1.0}, strength=0.8, params=params)
+    results["Kizuna engine, strength 0.8 (kizuna transform)"] = _timings(
+        lambda: engine.generate([request]), options.repeats
     )
 
     reference = statistics.median(results["base model, no adapter"])

@@ -1,8 +1,9 @@
 """In-process style transfer and chat with one persona's adapter, as registered in the store.
 
 This is the embedded path the CLI uses without a server: resolve the persona's stable
-(or a named) version in the registry, fetch its artifact with the sha256 checked, attach
-it to the base model and generate. The served path reuses the same pieces in batches.
+(or a named) version in the registry, fetch its artifact with the sha256 checked, make
+it resident in the multi-adapter engine, and generate with it. Serving runs the same
+engine with many adapters and batches.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
-from kizuna.model.generation import SamplingParams, generate
-from kizuna.model.lora import load_adapter, set_strength
+from kizuna.model.engine import Engine, EngineRequest
+from kizuna.model.generation import SamplingParams
 from kizuna.model.prompts import Message, prompt_ids, transform_messages
 from kizuna.personas import get_profile
 from kizuna.store import adapters as adapter_store
@@ -67,7 +68,8 @@ class PersonaModel:
         device = resolve_device(settings.device)
         self.tokenizer = load_tokenizer(settings.resolved_base_model)
         base = load_base_model(settings.resolved_base_model, device=device)
-        self.model = load_adapter(base, adapter_dir, name=persona)
+        self.engine = Engine(base, self.tokenizer, max_adapters=1)
+        self.engine.load_adapter(persona, adapter_dir)
         self.persona = persona
         self.version = record.version
 
@@ -75,11 +77,14 @@ class PersonaModel:
         self, messages: list[Message], *, strength: float, params: SamplingParams
     ) -> TransformResult:
         """Generate the next assistant turn for ``messages`` at ``strength``."""
-        set_strength(self.model, adapter=self.persona, strength=strength)
-        started = time.perf_counter()
-        generation = generate(
-            self.model, self.tokenizer, prompt_ids(self.tokenizer, messages), params
+        request = EngineRequest(
+            prompt=prompt_ids(self.tokenizer, messages),
+            mix={self.persona: 1.0},
+            strength=strength,
+            params=params,
         )
+        started = time.perf_counter()
+        generation = self.engine.generate([request])[0]
         return TransformResult(
             output=generation.text,
             persona=self.persona,

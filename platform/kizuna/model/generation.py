@@ -73,7 +73,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(dim=-1)
 
 
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+def decode_reply(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The reply's text without special tokens or a trailing partial character."""
     # Byte-level tokenizers split CJK characters over several tokens; a reply cut at
     # max_new_tokens can end inside one, which decodes to U+FFFD. Drop that fragment.
     text = str(tokenizer.decode(ids, skip_special_tokens=True))
@@ -111,7 +112,7 @@ def generate(
     new_ids = output.sequences[0, len(prompt) :].tolist()
     entropies = token_entropy(torch.cat(output.logits, dim=0)).tolist()
     return Generation(
-        text=_decode(tokenizer, new_ids),
+        text=decode_reply(tokenizer, new_ids),
         token_ids=new_ids,
         token_entropies=[round(value, 6) for value in entropies[: len(new_ids)]],
         prompt_tokens=len(prompt),

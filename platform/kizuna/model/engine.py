@@ -1,0 +1,231 @@
+"""The serving engine: one base model, many resident adapters, mixed batches.
+
+Each request names a mix of adapters (one adapter is a mix of one; none is the base
+model), a strength, and its own sampling settings. A batch of requests runs as one
+left-padded decode over a shared KV cache; the multi-LoRA layers apply every row's own
+adapters, so a batch may mix personas, strengths and fusions freely.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from kizuna.model.generation import Generation, SamplingParams, decode_reply, token_entropy
+from kizuna.model.multi_lora import (
+    MultiLoraLinear,
+    Routing,
+    RoutingContext,
+    install_multi_lora,
+    read_peft_adapter,
+)
+from kizuna.model.sampling import select_tokens
+
+
+class AdapterNotResidentError(KeyError):
+    """A request names an adapter the engine has not loaded."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One row of a batch: a prompt, the adapters it mixes, its strength and sampling."""
+
+    prompt: list[int]
+    mix: dict[str, float] = field(default_factory=dict)
+    strength: float = 1.0
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            raise ValueError("prompt is empty")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+        if any(weight < 0 for weight in self.mix.values()):
+            raise ValueError("mix weights must be >= 0")
+        if self.mix and sum(self.mix.values()) <= 0:
+            raise ValueError("mix weights must not sum to 0")
+
+    def row_weights(self) -> dict[str, float]:
+        """Each adapter's weight in this row: strength × its normalised mix weight."""
+        total = sum(self.mix.values())
+        return {name: self.strength * weight / total for name, weight in self.mix.items()}
+
+
+class Engine:
+    """A base model with up to ``max_adapters`` LoRA adapters resident, run in batches."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_adapters: int = 16,
+        max_rank: int = 16,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_rank = max_rank
+        self._context = RoutingContext()
+        # Slot 0 stays zero: rows (or mix entries) without an adapter point at it.
+        self._layers: dict[str, MultiLoraLinear] = install_multi_lora(
+            model, slots=max_adapters + 1, rank=max_rank, context=self._context
+        )
+        self._slots: OrderedDict[str, int] = OrderedDict()
+        self._free = list(range(max_adapters, 0, -1))
+        self._lock = threading.Lock()
+        self.device = next(model.parameters()).device
+
+    @property
+    def resident(self) -> list[str]:
+        """Adapter names, least recently used first."""
+        return list(self._slots)
+
+    def load_adapter(self, name: str, directory: Path) -> None:
+        """Make a PEFT adapter resident under ``name``, evicting the least recently used."""
+        adapter = read_peft_adapter(directory)
+        if adapter.rank > self.max_rank:
+            raise ValueError(f"adapter {name!r} has rank {adapter.rank} > {self.max_rank}")
+        unknown = set(adapter.factors) - set(self._layers)
+        if unknown:
+            raise ValueError(
+                f"adapter {name!r} targets modules this model lacks: {sorted(unknown)[:3]}"
+            )
+        with self._lock:
+            if name in self._slots:
+                slot = self._slots.pop(name)
+            elif self._free:
+                slot = self._free.pop()
+            else:
+                _, slot = self._slots.popitem(last=False)
+            for module, layer in self._layers.items():
+                a, b = adapter.factors.get(module, (None, None))
+                layer.set_slot(slot, a, b)
+            self._slots[name] = slot
+
+    def unload_adapter(self, name: str) -> None:
+        """Free ``name``'s slot."""
+        with self._lock:
+            slot = self._slots.pop(name)
+            for layer in self._layers.values():
+                layer.set_slot(slot, None, None)
+            self._free.append(slot)
+
+    def _routing(self, requests: Sequence[EngineRequest]) -> Routing:
+        width = max(1, *(len(request.mix) for request in requests))
+        slots = torch.zeros(len(requests), width, dtype=torch.long)
+        weights = torch.zeros(len(requests), width)
+        for row, request in enumerate(requests):
+            for column, (name, weight) in enumerate(request.row_weights().items()):
+                if name not in self._slots:
+                    raise AdapterNotResidentError(f"adapter {name!r} is not loaded")
+                self._slots.move_to_end(name)
+                slots[row, column], weights[row, column] = self._slots[name], weight
+        return Routing(slots=slots.to(self.device), weights=weights.to(self.device))
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[Generation]:
+        """Run ``requests`` as one batch; results come back in the same order."""
+        if not requests:
+            return []
+        with self._lock, torch.inference_mode():
+            self._context.current = self._routing(requests)
+            try:
+                return self._decode(requests)
+            finally:
+                self._context.current = None
+
+    def forward_logits(self, requests: Sequence[EngineRequest]) -> list[torch.Tensor]:
+        """Each row's logits over its whole prompt (prompt_len, vocab), in one routed pass.
+
+        This is teacher forcing: the distribution every position of the prompt predicts,
+        which is what a distillation loss or an equivalence check needs.
+        """
+        if not requests:
+            return []
+        with self._lock, torch.inference_mode():
+            self._context.current = self._routing(requests)
+            try:
+                ids, mask = self._left_padded(requests)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions
+                ).logits
+            finally:
+                self._context.current = None
+        return [logits[row, -len(r.prompt) :].float() for row, r in enumerate(requests)]
+
+    def _left_padded(self, requests: Sequence[EngineRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, width = len(requests), max(len(r.prompt) for r in requests)
+        ids = torch.full((batch, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, request in enumerate(requests):  # left padding keeps every row's end aligned
+            ids[row, width - len(request.prompt) :] = torch.tensor(request.prompt)
+            mask[row, width - len(request.prompt) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _decode(self, requests: Sequence[EngineRequest]) -> list[Generation]:
+        batch = len(requests)
+        ids, mask = self._left_padded(requests)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._step(ids, mask, positions, cache)
+        generators = [_generator(r.params.seed) for r in requests]
+        tokens: list[list[int]] = [[] for _ in requests]
+        entropies: list[list[float]] = [[] for _ in requests]
+        done = [False] * batch
+        eos = self.tokenizer.eos_token_id
+        for step in range(max(r.params.max_new_tokens for r in requests)):
+            row_entropy = token_entropy(logits).tolist()
+            for row, request in enumerate(requests):
+                if step < request.params.min_new_tokens:
+                    logits[row, eos] = float("-inf")
+            chosen = select_tokens(logits, [r.params for r in requests], generators)
+            for row, request in enumerate(requests):
+                if done[row]:
+                    continue
+                tokens[row].append(int(chosen[row]))
+                entropies[row].append(round(row_entropy[row], 6))
+                ended = int(chosen[row]) == eos or len(tokens[row]) >= request.params.max_new_tokens
+                done[row] = ended
+            if all(done):
+                break
+            mask = torch.cat(
+                [mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], 1
+            )
+            positions = positions[:, -1:] + 1
+            logits = self._step(chosen[:, None], mask, positions, cache)
+        return [
+            Generation(
+                text=decode_reply(self.tokenizer, row_tokens),
+                token_ids=row_tokens,
+                token_entropies=row_entropies,
+                prompt_tokens=len(request.prompt),
+            )
+            for request, row_tokens, row_entropies in zip(requests, tokens, entropies, strict=True)
+        ]
+
+    def _step(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        output = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits: torch.Tensor = output.logits[:, -1].float()
+        return logits
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return torch.Generator().manual_seed(seed) if seed is not None else None

@@ -1,0 +1,128 @@
+"""Many LoRA adapters resident on one base model, each row of a batch using its own.
+
+Every adapted linear layer keeps all resident adapters in two slot tables,
+``A: (slots, rank, in)`` and ``B: (slots, out, rank)``, with each adapter's α/r scale
+folded into B when it is loaded. Slot 0 is the zero adapter (the base model).
+
+A batch is routed by giving each row up to K (slot, weight) pairs, where a weight is the
+row's strength times its mix weight. The layer gathers each row's factors and applies
+them in one batched pass (the Punica/S-LoRA idea in plain PyTorch)::
+
+    y_b = W x_b + Σ_k w_bk · B[slot_bk] (A[slot_bk] x_b)
+
+so rows with different adapters, strengths and mixes share every matmul of the base
+model, and no request ever switches an active adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+
+# PEFT names a layer's factors "<module path>.lora_A.weight"; its module path starts
+# with "base_model.model." before the wrapped model's own path.
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which adapters each row uses: ``slots`` and ``weights`` are (batch, K)."""
+
+    slots: torch.Tensor
+    weights: torch.Tensor
+
+
+class RoutingContext:
+    """The routing of the batch being run, shared by every multi-LoRA layer of a model."""
+
+    def __init__(self) -> None:
+        self.current: Routing | None = None
+
+
+class MultiLoraLinear(nn.Module):
+    """A frozen linear layer plus per-row low-rank deltas from resident adapters."""
+
+    def __init__(self, base: nn.Linear, *, slots: int, rank: int, context: RoutingContext):
+        super().__init__()
+        self.base = base
+        self.context = context
+        dtype, device = base.weight.dtype, base.weight.device
+        a = torch.zeros(slots, rank, base.in_features, dtype=dtype, device=device)
+        b = torch.zeros(slots, base.out_features, rank, dtype=dtype, device=device)
+        self.lora_a = nn.Parameter(a, requires_grad=False)
+        self.lora_b = nn.Parameter(b, requires_grad=False)
+
+    def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+        """Write (or with None, clear) one adapter's factors; ranks below the table's pad."""
+        self.lora_a.data[slot].zero_()
+        self.lora_b.data[slot].zero_()
+        if a is not None and b is not None:
+            rank = a.shape[0]
+            self.lora_a.data[slot, :rank] = a.to(self.lora_a.dtype)
+            self.lora_b.data[slot, :, :rank] = b.to(self.lora_b.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus each row's weighted adapter deltas."""
+        output: torch.Tensor = self.base(x)
+        routing = self.context.current
+        if routing is None:
+            return output
+        a = self.lora_a[routing.slots]  # (batch, K, rank, in)
+        b = self.lora_b[routing.slots]  # (batch, K, out, rank)
+        low = torch.einsum("bsi,bkri->bskr", x, a) * routing.weights[:, None, :, None].to(x.dtype)
+        return output + torch.einsum("bskr,bkor->bso", low, b)
+
+
+@dataclass(frozen=True)
+class AdapterFactors:
+    """One PEFT adapter read from disk: per module path, A and α/r-scaled B."""
+
+    rank: int
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def read_peft_adapter(directory: Path) -> AdapterFactors:
+    """Read a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors)."""
+    config = json.loads((directory / "adapter_config.json").read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{directory} is a {config['peft_type']} adapter, not LoRA")
+    if config.get("use_rslora") or config.get("use_dora"):
+        raise ValueError(f"{directory}: rsLoRA and DoRA adapters are not supported")
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    tensors = load_file(str(directory / "adapter_model.safetensors"))
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removesuffix(".lora_A.weight").removeprefix(_PEFT_PREFIX)
+        b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        factors[module] = (a, b * (alpha / rank))
+    if not factors:
+        raise ValueError(f"{directory} holds no LoRA factors")
+    return AdapterFactors(rank=rank, factors=factors)
+
+
+def install_multi_lora(
+    model: PreTrainedModel, *, slots: int, rank: int, context: RoutingContext
+) -> dict[str, MultiLoraLinear]:
+    """Wrap every linear layer but the LM head in place; returns them by module path."""
+    head = model.get_output_embeddings()
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module is not head
+    ]
+    layers: dict[str, MultiLoraLinear] = {}
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = MultiLoraLinear(module, slots=slots, rank=rank, context=context)
+        setattr(parent, child, layer)
+        layers[name] = layer
+    return layers

@@ -1,0 +1,40 @@
+"""Choosing each row's next token under its own sampling settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kizuna.model.generation import SamplingParams
+
+
+def sample_top_p(
+    logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
+    """Sample from softmax(logits / T) restricted to the smallest set of mass >= top_p."""
+    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+    ordered, order = probs.sort(descending=True)
+    # Keep a token while the mass before it is below top_p: the first always stays.
+    keep = ordered.cumsum(0) - ordered < top_p
+    ordered = torch.where(keep, ordered, torch.zeros_like(ordered))
+    pick = torch.multinomial(ordered / ordered.sum(), 1, generator=generator)
+    return int(order[pick])
+
+
+def select_tokens(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> torch.Tensor:
+    """The next token of every row: greedy where temperature is 0, else top-p sampling."""
+    chosen = logits.argmax(dim=-1)
+    for row, row_params in enumerate(params):
+        if row_params.temperature > 0:
+            chosen[row] = sample_top_p(
+                logits[row],
+                temperature=row_params.temperature,
+                top_p=row_params.top_p,
+                generator=generators[row],
+            )
+    return chosen

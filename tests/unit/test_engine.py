@@ -1,0 +1,208 @@
+"""The multi-adapter engine against PEFT, the reference implementation of LoRA."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from kizuna.model.base import load_base_model, load_tokenizer
+from kizuna.model.engine import AdapterNotResidentError, Engine, EngineRequest
+from kizuna.model.generation import SamplingParams, generate
+from kizuna.model.lora import LoraShape, load_adapter, new_adapter, set_strength
+from kizuna.model.prompts import prompt_ids, transform_messages
+
+CPU = torch.device("cpu")
+# fp32 on CPU; the engine sums the same products in a different order than PEFT.
+TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
+TEXTS = ["I can help you.", "The meeting moved to Thursday, so you have more time.", "Thanks!"]
+
+
+def _random_adapter(model_dir: Path, directory: Path, *, seed: int, rank: int) -> Path:
+    """A PEFT adapter whose B is non-zero, so it changes the model's output."""
+    model = new_adapter(
+        load_base_model(str(model_dir), device=CPU),
+        LoraShape(rank=rank, alpha=2 * rank, dropout=0.0),
+        seed=seed,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "tsundere": _random_adapter(tiny_model_dir, root / "tsundere", seed=1, rank=8),
+        "airhead": _random_adapter(tiny_model_dir, root / "airhead", seed=2, rank=4),
+    }
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, tokenizer, adapters: dict[str, Path]) -> Engine:
+    engine = Engine(
+        load_base_model(str(tiny_model_dir), device=CPU), tokenizer, max_adapters=4, max_rank=8
+    )
+    for name, directory in adapters.items():
+        engine.load_adapter(name, directory)
+    return engine
+
+
+def _peft_reference(
+    tiny_model_dir: Path, adapters: dict[str, Path], mix: dict[str, float], strength: float
+) -> PeftModel | torch.nn.Module:
+    base = load_base_model(str(tiny_model_dir), device=CPU)
+    if not mix:
+        return base
+    names = list(mix)
+    model = load_adapter(base, adapters[names[0]], name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(adapters[name]), adapter_name=name)
+    if len(names) == 1:
+        set_strength(model, adapter=names[0], strength=strength)
+        return model
+    total = sum(mix.values())
+    # PEFT's "cat" fusion: Σ w_i (α_i/r_i) B_i A_i x, the engine's definition of a mix.
+    model.add_weighted_adapter(
+        names,
+        [strength * mix[n] / total for n in names],
+        adapter_name="fused",
+        combination_type="cat",
+    )
+    model.set_adapter("fused")
+    return model
+
+
+ROWS = [
+    ({"tsundere": 1.0}, 1.0),
+    ({"airhead": 1.0}, 0.5),
+    ({"tsundere": 0.7, "airhead": 0.3}, 0.9),
+    ({}, 1.0),
+    ({"tsundere": 1.0}, 0.0),
+]
+
+
+def test_mixed_batch_logits_equal_each_row_alone_through_peft(
+    engine, tokenizer, tiny_model_dir, adapters
+) -> None:
+    requests = [
+        EngineRequest(
+            prompt=prompt_ids(tokenizer, transform_messages(TEXTS[i % len(TEXTS)])),
+            mix=mix,
+            strength=strength,
+        )
+        for i, (mix, strength) in enumerate(ROWS)
+    ]
+    batched = engine.forward_logits(requests)
+    for request, logits in zip(requests, batched, strict=True):
+        reference = _peft_reference(tiny_model_dir, adapters, request.mix, request.strength)
+        with torch.no_grad():
+            expected = reference(torch.tensor([request.prompt])).logits[0]
+        torch.testing.assert_close(logits, expected, **TOLERANCE)
+
+
+def test_adapters_actually_change_the_output(engine, tokenizer) -> None:
+    prompt = prompt_ids(tokenizer, transform_messages(TEXTS[0]))
+    base, tsundere, zero = engine.forward_logits(
+        [
+            EngineRequest(prompt=prompt),
+            EngineRequest(prompt=prompt, mix={"tsundere": 1}),
+            EngineRequest(prompt=prompt, mix={"tsundere": 1}, strength=0.0),
+        ]
+    )
+    assert (tsundere - base).abs().max() > 1e-2
+    torch.testing.assert_close(zero, base)
+
+
+def test_greedy_generation_matches_peft_generate_row_by_row(
+    engine, tokenizer, tiny_model_dir, adapters
+) -> None:
+    params = SamplingParams(max_new_tokens=8, min_new_tokens=8)
+    requests = [
+        EngineRequest(
+            prompt=prompt_ids(tokenizer, transform_messages(TEXTS[i])),
+            mix=mix,
+            strength=strength,
+            params=params,
+        )
+        for i, (mix, strength) in enumerate(ROWS[:3])
+    ]
+    for request, result in zip(requests, engine.generate(requests), strict=True):
+        reference = generate(
+            _peft_reference(tiny_model_dir, adapters, request.mix, request.strength),
+            tokenizer,
+            request.prompt,
+            params,
+        )
+        assert result.token_ids == reference.token_ids
+        torch.testing.assert_close(
+            torch.tensor(result.token_entropies),
+            torch.tensor(reference.token_entropies),
+            **TOLERANCE,
+        )
+
+
+def test_a_row_gets_the_same_reply_alone_or_in_any_batch(engine, tokenizer) -> None:
+    params = SamplingParams(max_new_tokens=6, temperature=0.9, top_p=0.9, seed=11)
+    row = EngineRequest(
+        prompt=prompt_ids(tokenizer, transform_messages(TEXTS[0])),
+        mix={"airhead": 1.0},
+        strength=0.7,
+        params=params,
+    )
+    neighbour = EngineRequest(
+        prompt=prompt_ids(tokenizer, transform_messages(TEXTS[1] * 3)),
+        mix={"tsundere": 1.0},
+        params=SamplingParams(max_new_tokens=9),
+    )
+    alone = engine.generate([row])[0]
+    batched = engine.generate([neighbour, row, neighbour])[1]
+    assert alone.token_ids == batched.token_ids
+    torch.testing.assert_close(
+        torch.tensor(alone.token_entropies), torch.tensor(batched.token_entropies), **TOLERANCE
+    )
+
+
+def test_least_recently_used_adapter_is_evicted(tiny_model_dir, tokenizer, adapters) -> None:
+    engine = Engine(
+        load_base_model(str(tiny_model_dir), device=CPU), tokenizer, max_adapters=2, max_rank=8
+    )
+    engine.load_adapter("a", adapters["tsundere"])
+    engine.load_adapter("b", adapters["airhead"])
+    prompt = prompt_ids(tokenizer, transform_messages("hi"))
+    engine.forward_logits([EngineRequest(prompt=prompt, mix={"a": 1})])  # a is now most recent
+    engine.load_adapter("c", adapters["airhead"])
+    assert engine.resident == ["a", "c"]
+    with pytest.raises(AdapterNotResidentError, match="'b' is not loaded"):
+        engine.generate([EngineRequest(prompt=prompt, mix={"b": 1})])
+    engine.unload_adapter("a")
+    assert engine.resident == ["c"]
+
+
+def test_adapters_above_the_rank_limit_are_refused(tiny_model_dir, tokenizer, adapters) -> None:
+    engine = Engine(load_base_model(str(tiny_model_dir), device=CPU), tokenizer, max_rank=4)
+    with pytest.raises(ValueError, match="rank 8 > 4"):
+        engine.load_adapter("tsundere", adapters["tsundere"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mix": {"a": -1.0}}, ">= 0"),
+        ({"mix": {"a": 0.0}}, "sum to 0"),
+        ({"strength": 1.5}, r"\[0, 1\]"),
+        ({"prompt": []}, "empty"),
+    ],
+)
+def test_bad_requests_are_refused(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        EngineRequest(**{"prompt": [1, 2], **kwargs})

@@ -137,12 +137,21 @@ def transform(
     max_new_tokens: MaxNewTokens = 64,
     temperature: Temperature = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="URL of a running `kizuna serve`; default: in-process.")
+    ] = None,
 ) -> None:
     """Rewrite TEXT in a persona's voice at a strength."""
     from kizuna.transform import PersonaModel, validate_text
 
-    validate_text(text)
-    model = PersonaModel(settings(), persona=persona, version=version)
+    config = settings()
+    if server is not None:
+        _transform_remote(
+            config, server, text, persona, strength, max_new_tokens, temperature, seed
+        )
+        return
+    validate_text(text, limit=config.max_input_chars)
+    model = PersonaModel(config, persona=persona, version=version)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     result = model.transform(text, strength=strength, params=params)
     out.print(result.output, markup=False, highlight=False)
@@ -151,6 +160,40 @@ def transform(
         f"entropy mean {result.entropy_mean:.3f} max {result.entropy_max:.3f} · "
         f"{result.new_tokens} tokens in {result.latency_ms:.0f} ms[/dim]"
     )
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Bind address; default from settings.")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.")] = None,
+    replicas: Annotated[int | None, typer.Option(min=1, help="Ray Serve replicas.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster.")] = None,
+) -> None:
+    """Serve every persona over HTTP with Ray Serve (local Ray by default) until Ctrl-C."""
+    import signal
+    import threading
+
+    from kizuna.serve import launch
+    from kizuna.serve.tokens import ensure_api_token, token_path
+
+    overrides = {"serve_host": host, "serve_port": port, "serve_replicas": replicas}
+    config = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    config, created = ensure_api_token(config)
+    if created:
+        err.print(f"generated API token (kept in {token_path(config)}, mode 0600):")
+        out.print(created)
+    with err.status("starting Ray Serve and loading the base model…"):
+        url = launch.start(config, ray_address=ray_address)
+    out.print(f"Kizuna is serving at {url}  (try: curl {url}/healthz)")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with err.status("stopping (flushing interactions)…"):
+            launch.stop()
 
 
 @app.command()
@@ -172,11 +215,54 @@ def chat(
         text = line.strip()
         if not text or text.lower() in {"exit", "quit"}:
             break
-        history.append({"role": "user", "content": validate_text(text)})
+        history.append(
+            {"role": "user", "content": validate_text(text, limit=model.max_input_chars)}
+        )
         result = model.reply(with_system(history), strength=strength, params=params)
         history.append({"role": "assistant", "content": result.output})
         out.print(f"{persona}> {result.output}", markup=False, highlight=False)
         err.print(f"[dim]entropy mean {result.entropy_mean:.3f} · {result.latency_ms:.0f} ms[/dim]")
+
+
+def _transform_remote(
+    config: Settings,
+    server: str,
+    text: str,
+    persona: str,
+    strength: float,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int | None,
+) -> None:
+    import httpx
+
+    from kizuna.serve.tokens import client_token
+
+    token = client_token(config)
+    body = {
+        "text": text,
+        "persona": persona,
+        "strength": strength,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+    }
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.post(
+            f"{server.rstrip('/')}/v1/transform", json=body, headers=headers, timeout=120
+        )
+    except httpx.HTTPError as exc:
+        raise ValueError(f"cannot reach {server}: {exc}") from exc
+    if response.status_code != 200:
+        raise ValueError(f"server answered {response.status_code}: {response.text[:300]}")
+    result = response.json()
+    out.print(result["output"], markup=False, highlight=False)
+    err.print(
+        f"[dim]{result['persona']} v{result['adapter_version']} · strength {strength:.2f} · "
+        f"entropy mean {result['entropy_mean']:.3f} max {result['entropy_max']:.3f} · "
+        f"{result['latency_ms']:.0f} ms · {result['interaction_id']}[/dim]"
+    )
 
 
 @personas_app.command("list")

@@ -77,6 +77,25 @@ class Settings(BaseSettings):
     )
     serve_host: str = Field(default="127.0.0.1", description="Address the HTTP API binds.")
     serve_port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP API.")
+    max_input_chars: int = Field(
+        default=4000, ge=1, description="Longest text a request may carry (characters)."
+    )
+    serve_max_batch_size: int = Field(
+        default=16, ge=1, le=256, description="Most requests the engine runs as one batch."
+    )
+    serve_batch_wait_ms: float = Field(
+        default=10.0, ge=0, description="How long a batch waits to fill before it runs."
+    )
+    serve_max_in_flight: int = Field(
+        default=64, ge=1, description="Requests a replica accepts at once; beyond, 429."
+    )
+    serve_cache_size: int = Field(
+        default=1024, ge=0, description="Greedy results kept in the LRU cache (0: off)."
+    )
+    serve_refresh_s: float = Field(
+        default=5.0, gt=0, description="How soon a newly promoted stable version is served."
+    )
+    serve_replicas: int = Field(default=1, ge=1, description="Ray Serve replicas.")
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Static bearer tokens for the API; from the environment as a comma-separated "

@@ -21,8 +21,6 @@ from kizuna.personas import get_profile
 from kizuna.store import adapters as adapter_store
 from kizuna.store.db import make_engine, session_factory
 
-MAX_INPUT_CHARS = 4000
-
 
 @dataclass(frozen=True)
 class TransformResult:
@@ -39,12 +37,12 @@ class TransformResult:
     new_tokens: int
 
 
-def validate_text(text: str) -> str:
+def validate_text(text: str, *, limit: int) -> str:
     """Reject empty or over-long input with a message that names the problem."""
     if not text.strip():
         raise ValueError("text is empty")
-    if len(text) > MAX_INPUT_CHARS:
-        raise ValueError(f"text is {len(text)} characters; the limit is {MAX_INPUT_CHARS}")
+    if len(text) > limit:
+        raise ValueError(f"text is {len(text)} characters; the limit is {limit}")
     return text
 
 
@@ -72,6 +70,7 @@ class PersonaModel:
         self.engine.load_adapter(persona, adapter_dir)
         self.persona = persona
         self.version = record.version
+        self.max_input_chars = settings.max_input_chars
 
     def reply(
         self, messages: list[Message], *, strength: float, params: SamplingParams
@@ -99,4 +98,5 @@ class PersonaModel:
 
     def transform(self, text: str, *, strength: float, params: SamplingParams) -> TransformResult:
         """Rewrite ``text`` in the persona's voice at ``strength``."""
-        return self.reply(transform_messages(validate_text(text)), strength=strength, params=params)
+        text = validate_text(text, limit=self.max_input_chars)
+        return self.reply(transform_messages(text), strength=strength, params=params)

@@ -1,5 +1,7 @@
 """One contract for the store, run on SQLite and on a real PostgreSQL server."""
 
+import uuid
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -14,6 +16,7 @@ from kizuna.store.models import Adapter, AdapterStatus, Base, RunKind, RunPhase
 
 def _record(**overrides) -> interactions.InteractionRecord:
     values = dict(
+        public_id=str(uuid.uuid4()),
         request_text="I can help you.",
         output_text="Hmph, fine.",
         strength=0.8,
@@ -120,14 +123,12 @@ class TestInteractions:
         assert stored.mix == {"tsundere": 0.7, "airhead": 0.3}
         assert stored.created_at.tzinfo is not None
 
-    def test_a_repeated_idempotency_key_is_logged_once(
-        self, sessions: sessionmaker[Session]
-    ) -> None:
+    def test_a_repeated_public_id_is_logged_once(self, sessions: sessionmaker[Session]) -> None:
         with transaction(sessions) as s:
-            first = interactions.log_interaction(s, record=_record(idempotency_key="k-1"))
+            first = interactions.log_interaction(s, record=_record(public_id="k-1"))
         with transaction(sessions) as s:
             again = interactions.log_interaction(
-                s, record=_record(idempotency_key="k-1", output_text="x")
+                s, record=_record(public_id="k-1", output_text="x")
             )
             interactions.log_interaction(s, record=_record())
         assert again.id == first.id
@@ -138,13 +139,13 @@ class TestInteractions:
 
     def test_feedback(self, sessions: sessionmaker[Session]) -> None:
         with transaction(sessions) as s:
-            row_id = interactions.log_interaction(s, record=_record()).id
+            key = interactions.log_interaction(s, record=_record()).public_id
         with transaction(sessions) as s:
-            interactions.set_feedback(s, interaction_id=row_id, thumbs_up=False)
+            interactions.set_feedback(s, public_id=key, thumbs_up=False)
         with sessions() as s:
             assert interactions.recent_interactions(s)[0].feedback == -1
             with pytest.raises(LookupError):
-                interactions.set_feedback(s, interaction_id=row_id + 100, thumbs_up=True)
+                interactions.set_feedback(s, public_id="missing", thumbs_up=True)
 
     def test_unicode_round_trips(self, sessions: sessionmaker[Session]) -> None:
         text = "哼，才不是为了你呢！\u202e😀 e\u0301"

@@ -15,6 +15,7 @@ from kizuna.store.models import Interaction, JsonDict
 class InteractionRecord:
     """Everything the serving path knows about one answered request."""
 
+    public_id: str
     request_text: str
     output_text: str
     strength: float
@@ -25,7 +26,6 @@ class InteractionRecord:
     mix: dict[str, float] | None = None
     consent: bool = False
     device_id: str | None = None
-    idempotency_key: str | None = None
     entropy_mean: float = field(init=False)
     entropy_max: float = field(init=False)
 
@@ -38,13 +38,10 @@ class InteractionRecord:
 
 
 def log_interaction(session: Session, *, record: InteractionRecord) -> Interaction:
-    """Store one interaction; a repeated idempotency key returns the first row instead."""
-    if record.idempotency_key is not None:
-        existing = session.scalar(
-            select(Interaction).where(Interaction.idempotency_key == record.idempotency_key)
-        )
-        if existing is not None:
-            return existing
+    """Store one interaction; a repeated public id returns the first row instead."""
+    existing = get_interaction(session, public_id=record.public_id)
+    if existing is not None:
+        return existing
     values: JsonDict = asdict(record)
     interaction = Interaction(**values)
     session.add(interaction)
@@ -52,11 +49,16 @@ def log_interaction(session: Session, *, record: InteractionRecord) -> Interacti
     return interaction
 
 
-def set_feedback(session: Session, *, interaction_id: int, thumbs_up: bool) -> Interaction:
+def get_interaction(session: Session, *, public_id: str) -> Interaction | None:
+    """The interaction with ``public_id``, if stored."""
+    return session.scalar(select(Interaction).where(Interaction.public_id == public_id))
+
+
+def set_feedback(session: Session, *, public_id: str, thumbs_up: bool) -> Interaction:
     """Record a person's thumbs up or down on an interaction."""
-    interaction = session.get(Interaction, interaction_id)
+    interaction = get_interaction(session, public_id=public_id)
     if interaction is None:
-        raise LookupError(f"no interaction with id {interaction_id}")
+        raise LookupError(f"no interaction with id {public_id!r}")
     interaction.feedback = 1 if thumbs_up else -1
     session.flush()
     return interaction

@@ -108,7 +108,9 @@ class Interaction(Base):
     __tablename__ = "interactions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # The id clients see: their Idempotency-Key when they send one, else a server UUID.
+    # Unique, so a retried or replayed request is stored once.
+    public_id: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     device_id: Mapped[str | None] = mapped_column(String(128), index=True)
     persona: Mapped[str | None] = mapped_column(String(32), index=True)

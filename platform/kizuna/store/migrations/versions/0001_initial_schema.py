@@ -82,7 +82,7 @@ def upgrade() -> None:
     op.create_table(
         "interactions",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("idempotency_key", sa.String(length=128), nullable=True),
+        sa.Column("public_id", sa.String(length=128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("device_id", sa.String(length=128), nullable=True),
         sa.Column("persona", sa.String(length=32), nullable=True),
@@ -100,7 +100,7 @@ def upgrade() -> None:
         sa.Column("consent", sa.Boolean(), nullable=False),
         sa.Column("feedback", sa.Integer(), nullable=True, comment="+1 thumbs up, -1 down"),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("idempotency_key"),
+        sa.UniqueConstraint("public_id"),
     )
     with op.batch_alter_table("interactions", schema=None) as batch_op:
         batch_op.create_index(

@@ -1,0 +1,77 @@
+"""Which adapter version serves a persona, and keeping it resident in the engine.
+
+A persona resolves to its stable version in the registry (or to an explicit
+``persona@version``). Lookups are cached for ``refresh_s`` seconds, so promoting a new
+stable version reaches traffic within that time, without restarting the replica.
+Artifacts are fetched with their sha256 checked; a corrupted one is refused and the
+version already resident keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from kizuna.artifacts import fetch_directory
+from kizuna.model.engine import Engine
+from kizuna.store import adapters as adapter_store
+
+
+class AdapterRouter:
+    """Resolves persona names to resident engine adapters."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        *,
+        cache_dir: Path,
+        refresh_s: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._sessions = sessions
+        self._cache_dir = cache_dir
+        self._refresh_s = refresh_s
+        self._stable: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, persona: str, version: int | None = None) -> tuple[str, int]:
+        """The engine adapter name and the version serving ``persona`` (loaded if needed)."""
+        if version is None:
+            version = self._stable_version(persona)
+        name = f"{persona}@{version}"
+        if name not in self._engine.resident:
+            with self._lock:
+                if name not in self._engine.resident:
+                    self._load(persona, version, name)
+        return name, version
+
+    def _stable_version(self, persona: str) -> int:
+        cached = self._stable.get(persona)
+        if cached is not None and time.monotonic() - cached[1] < self._refresh_s:
+            return cached[0]
+        with self._sessions() as session:
+            version = adapter_store.stable_adapter(session, persona=persona).version
+        self._stable[persona] = (version, time.monotonic())
+        return version
+
+    def _load(self, persona: str, version: int, name: str) -> None:
+        with self._sessions() as session:
+            record = adapter_store.get_adapter(session, persona=persona, version=version)
+        directory = fetch_directory(
+            record.artifact_url, sha256=record.sha256, cache_dir=self._cache_dir
+        )
+        self._engine.load_adapter(name, directory)
+
+    def versions(self) -> dict[str, list[tuple[int, str]]]:
+        """Every persona's registered versions and statuses, for /v1/models."""
+        with self._sessions() as session:
+            result: dict[str, list[tuple[int, str]]] = {}
+            for adapter in adapter_store.list_adapters(session):
+                result.setdefault(adapter.persona, []).append(
+                    (adapter.version, adapter.status.value)
+                )
+        return result

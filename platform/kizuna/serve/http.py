@@ -1,0 +1,212 @@
+"""The HTTP API: thin FastAPI routes over :class:`InferenceService`.
+
+Every route but ``/healthz`` and ``/metrics`` needs a bearer token; an unauthenticated
+call gets 401 and writes nothing. Bad input is a 4xx naming the field; overload is a
+429 with ``Retry-After``; a body over the limit is a 413.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from kizuna import __version__
+from kizuna.artifacts import ArtifactIntegrityError
+from kizuna.personas import load_profiles
+from kizuna.serve.auth import Authenticator, Caller
+from kizuna.serve.schemas import (
+    ChatCompletionRequest,
+    FeedbackRequest,
+    TransformRequest,
+    TransformResponse,
+)
+from kizuna.serve.service import BASE_MODEL_NAME, BadRequestError, InferenceService, OverloadedError
+from kizuna.store.db import transaction
+from kizuna.store.interactions import set_feedback
+
+MAX_BODY_BYTES = 256 * 1024
+OPEN_PATHS = {"/healthz", "/metrics", "/docs", "/openapi.json"}
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
+
+
+def require_caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    """The authenticated caller, or 401."""
+    authenticator: Authenticator = request.app.state.authenticator
+    caller = authenticator.authenticate(authorization)
+    if caller is None:
+        raise HTTPException(
+            401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return caller
+
+
+Authenticated = Annotated[Caller, Depends(require_caller)]
+
+
+def create_app(service: InferenceService, authenticator: Authenticator) -> FastAPI:
+    """The API application for one replica."""
+    app = FastAPI(title="Kizuna", version=__version__)
+    app.state.authenticator = authenticator
+
+    @app.middleware("http")
+    async def limits_and_metrics(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        started = time.perf_counter()
+        response = await call_next(request)
+        endpoint = request.url.path if request.url.path.startswith("/v1/") else "other"
+        service.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        service.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(BadRequestError)
+    async def bad_request(_: Request, exc: BadRequestError) -> JSONResponse:
+        detail = [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers=headers)
+
+    @app.exception_handler(ArtifactIntegrityError)
+    async def unavailable(_: Request, exc: ArtifactIntegrityError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"adapter unavailable: {exc}"},
+            status_code=503,
+            headers={"Retry-After": "30"},
+        )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/transform")
+    async def transform(
+        body: TransformRequest, caller: Authenticated, key: IdempotencyKey = None
+    ) -> TransformResponse:
+        return await service.transform(body, caller, key)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(
+        body: ChatCompletionRequest, caller: Authenticated, key: IdempotencyKey = None
+    ) -> dict[str, Any] | StreamingResponse:
+        reply = await service.chat(body, caller, key)
+        created = int(time.time())
+        text, generation = reply.generation.text, reply.generation
+        kizuna = {
+            "interaction_id": reply.interaction_id,
+            "entropy_mean": generation.entropy_mean,
+            "entropy_max": generation.entropy_max,
+            "adapter_versions": reply.adapter_versions,
+        }
+        finish = "length" if len(generation.token_ids) >= body.max_tokens else "stop"
+        if body.stream:
+            return StreamingResponse(
+                _sse(reply.interaction_id, body.model, created, text, finish),
+                media_type="text/event-stream",
+            )
+        return {
+            "id": reply.interaction_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": len(generation.token_ids),
+                "total_tokens": generation.prompt_tokens + len(generation.token_ids),
+            },
+            "kizuna": kizuna,
+        }
+
+    @app.get("/v1/models")
+    def models(_: Authenticated) -> dict[str, Any]:
+        data: list[dict[str, Any]] = [
+            {"id": BASE_MODEL_NAME, "object": "model", "owned_by": "kizuna"}
+        ]
+        for persona, versions in sorted(service.router.versions().items()):
+            stable = [v for v, status in versions if status == "stable"]
+            data.append(
+                {
+                    "id": persona,
+                    "object": "model",
+                    "owned_by": "kizuna",
+                    "stable_version": stable[0] if stable else None,
+                    "versions": [{"version": v, "status": s} for v, s in versions],
+                }
+            )
+            data += [
+                {"id": f"{persona}@{v}", "object": "model", "owned_by": "kizuna"}
+                for v, _ in versions
+            ]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/personas")
+    def personas(_: Authenticated) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": p.id,
+                "name": p.name.model_dump(),
+                "description": p.description.model_dump(),
+                "markers": p.markers.model_dump(),
+            }
+            for p in load_profiles(service.personas_dir).values()
+        ]
+
+    @app.post("/v1/feedback")
+    def feedback(body: FeedbackRequest, _: Authenticated) -> dict[str, str]:
+        service.journal.flush()
+        try:
+            with transaction(service.sessions) as session:
+                set_feedback(session, public_id=body.interaction_id, thumbs_up=body.thumbs_up)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return {"status": "recorded"}
+
+    return app
+
+
+async def _sse(
+    completion_id: str, model: str, created: int, text: str, finish: str
+) -> AsyncIterator[str]:
+    """OpenAI-style server-sent events: a role chunk, content chunks, a finish chunk."""
+
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant"})
+    # Pieces keep their trailing whitespace, so the chunks concatenate to the exact text.
+    for piece in re.findall(r"\S+\s*|\s+", text):
+        yield chunk({"content": piece})
+    yield chunk({}, finish)
+    yield "data: [DONE]\n\n"

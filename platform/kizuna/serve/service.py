@@ -1,0 +1,263 @@
+"""The serving logic, free of HTTP: resolve adapters, batch, cache, record, measure.
+
+``run_one`` hands one engine request to whatever batches them (``@serve.batch`` in
+the Ray deployment) and awaits its own result, so rows of many concurrent requests,
+with different adapters, share one engine pass.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import PreTrainedTokenizerBase
+
+from kizuna.model.engine import EngineRequest
+from kizuna.model.generation import Generation, SamplingParams
+from kizuna.model.prompts import Message, prompt_ids, transform_messages, with_system
+from kizuna.personas import UnknownPersonaError, load_profiles
+from kizuna.serve.adapters import AdapterRouter
+from kizuna.serve.auth import Caller
+from kizuna.serve.cache import ResultCache
+from kizuna.serve.journal import InteractionJournal
+from kizuna.serve.metrics import ServeMetrics
+from kizuna.serve.schemas import ChatCompletionRequest, TransformRequest, TransformResponse
+from kizuna.store.adapters import AdapterNotFoundError
+from kizuna.store.interactions import InteractionRecord
+
+RunOne = Callable[[EngineRequest], Awaitable[Generation]]
+BASE_MODEL_NAME = "base"
+
+
+class BadRequestError(ValueError):
+    """Input that passed the schema but names something that does not exist."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class OverloadedError(RuntimeError):
+    """More requests in flight than this replica accepts; retry after a moment."""
+
+    retry_after_s = 1
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A generated reply and what serving it involved."""
+
+    generation: Generation
+    adapter_versions: dict[str, int]
+    interaction_id: str
+    latency_ms: float
+    cached: bool
+
+
+def parse_persona_ref(reference: str) -> tuple[str, int | None]:
+    """``tsundere`` → (tsundere, None); ``tsundere@3`` → (tsundere, 3)."""
+    persona, _, version = reference.partition("@")
+    if not version:
+        return persona, None
+    if not version.isdigit():
+        raise BadRequestError("persona", f"version in {reference!r} must be a number")
+    return persona, int(version)
+
+
+class InferenceService:
+    """Answers transform and chat requests for every persona of one base model."""
+
+    def __init__(
+        self,
+        *,
+        router: AdapterRouter,
+        journal: InteractionJournal,
+        sessions: sessionmaker[Session],
+        metrics: ServeMetrics,
+        run_one: RunOne,
+        tokenizer: PreTrainedTokenizerBase,
+        personas_dir: Path,
+        max_input_chars: int,
+        max_in_flight: int,
+        cache_size: int,
+    ) -> None:
+        self.router = router
+        self.journal = journal
+        self.sessions = sessions
+        self.metrics = metrics
+        self._run_one = run_one
+        self._tokenizer = tokenizer
+        self.personas_dir = personas_dir
+        self._max_input_chars = max_input_chars
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._cache: ResultCache[Generation] = ResultCache(cache_size)
+
+    def known_personas(self) -> set[str]:
+        """Persona ids with a profile."""
+        return set(load_profiles(self.personas_dir))
+
+    def _resolve(
+        self, field: str, mix: dict[str, float]
+    ) -> tuple[dict[str, float], dict[str, int]]:
+        known = self.known_personas()
+        engine_mix: dict[str, float] = {}
+        versions: dict[str, int] = {}
+        for reference, weight in mix.items():
+            persona, version = parse_persona_ref(reference)
+            if persona not in known:
+                raise BadRequestError(
+                    field,
+                    str(
+                        UnknownPersonaError(
+                            f"unknown persona {persona!r} (known: {', '.join(sorted(known))})"
+                        )
+                    ),
+                )
+            try:
+                name, versions[persona] = self.router.resolve(persona, version)
+            except AdapterNotFoundError as exc:
+                raise BadRequestError(field, str(exc)) from exc
+            engine_mix[name] = weight
+        return engine_mix, versions
+
+    async def _reply(
+        self,
+        *,
+        messages: list[Message],
+        mix: dict[str, float],
+        field: str,
+        strength: float,
+        params: SamplingParams,
+        caller: Caller,
+        consent: bool,
+        idempotency_key: str | None,
+        request_text: str,
+        persona: str | None,
+    ) -> Reply:
+        if self._in_flight >= self._max_in_flight:
+            raise OverloadedError(f"{self._in_flight} requests in flight; retry shortly")
+        self._in_flight += 1
+        started = time.perf_counter()
+        try:
+            engine_mix, versions = self._resolve(field, mix)
+            prompt = prompt_ids(self._tokenizer, messages)
+            key = (tuple(prompt), tuple(sorted(engine_mix.items())), strength, params)
+            generation = self._cache.get(key) if params.temperature == 0 else None
+            cached = generation is not None
+            self.metrics.cache.labels(result="hit" if cached else "miss").inc()
+            if generation is None:
+                request = EngineRequest(
+                    prompt=prompt, mix=engine_mix, strength=strength, params=params
+                )
+                generation = await self._run_one(request)
+                if params.temperature == 0:
+                    self._cache.put(key, generation)
+        finally:
+            self._in_flight -= 1
+        latency_ms = (time.perf_counter() - started) * 1000
+        scope = caller.device_id or "app"
+        public_id = f"{scope}:{idempotency_key}" if idempotency_key else str(uuid.uuid4())
+        self.journal.append(
+            InteractionRecord(
+                public_id=public_id,
+                request_text=request_text,
+                output_text=generation.text,
+                strength=strength,
+                adapter_versions=versions,
+                token_entropies=generation.token_entropies,
+                latency_ms=latency_ms,
+                persona=persona,
+                mix=None if persona else mix,
+                consent=consent,
+                device_id=caller.device_id,
+            )
+        )
+        label = persona or "+".join(sorted(versions)) or BASE_MODEL_NAME
+        self.metrics.entropy.labels(persona=label).observe(generation.entropy_mean)
+        for name, version in versions.items():
+            self.metrics.adapter_requests.labels(persona=name, version=str(version)).inc()
+        return Reply(
+            generation=generation,
+            adapter_versions=versions,
+            interaction_id=public_id,
+            latency_ms=latency_ms,
+            cached=cached,
+        )
+
+    async def transform(
+        self, body: TransformRequest, caller: Caller, idempotency_key: str | None
+    ) -> TransformResponse:
+        """Rewrite the body's text in its persona or mix."""
+        self._check_length("text", body.text)
+        mix = body.mix if body.mix is not None else {body.persona or "": 1.0}
+        persona = parse_persona_ref(body.persona)[0] if body.persona else None
+        reply = await self._reply(
+            messages=transform_messages(body.text),
+            mix=mix,
+            field="persona" if body.persona else "mix",
+            strength=body.strength,
+            params=SamplingParams(
+                max_new_tokens=body.max_new_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=body.seed,
+            ),
+            caller=caller,
+            consent=body.consent,
+            idempotency_key=idempotency_key,
+            request_text=body.text,
+            persona=persona,
+        )
+        generation = reply.generation
+        return TransformResponse(
+            output=generation.text,
+            persona=persona,
+            mix=body.mix,
+            adapter_version=reply.adapter_versions.get(persona) if persona else None,
+            adapter_versions=reply.adapter_versions,
+            entropy_mean=generation.entropy_mean,
+            entropy_max=generation.entropy_max,
+            latency_ms=round(reply.latency_ms, 2),
+            interaction_id=reply.interaction_id,
+            cached=reply.cached,
+        )
+
+    async def chat(
+        self, body: ChatCompletionRequest, caller: Caller, idempotency_key: str | None
+    ) -> Reply:
+        """The next assistant turn for the body's conversation."""
+        for message in body.messages:
+            self._check_length("messages", message.content)
+        messages: list[Message] = [m.model_dump() for m in body.messages]
+        if messages[0]["role"] != "system":
+            messages = with_system(messages)
+        persona = None if body.model == BASE_MODEL_NAME else parse_persona_ref(body.model)[0]
+        return await self._reply(
+            messages=messages,
+            mix={} if persona is None else {body.model: 1.0},
+            field="model",
+            strength=body.strength,
+            params=SamplingParams(
+                max_new_tokens=body.max_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=body.seed,
+            ),
+            caller=caller,
+            consent=body.consent,
+            idempotency_key=idempotency_key,
+            request_text=body.messages[-1].content,
+            persona=persona,
+        )
+
+    def _check_length(self, field: str, text: str) -> None:
+        if len(text) > self._max_input_chars:
+            raise BadRequestError(
+                field, f"{len(text)} characters; the limit is {self._max_input_chars}"
+            )

@@ -50,6 +50,7 @@ lint: setup ## ruff, ruff format --check, mypy, import-linter layering
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 	$(BIN)/lint-imports
 
 format: setup ## Apply ruff's fixes and formatting

@@ -7,22 +7,12 @@ the active-learning sampler ranks interactions by.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
-
-
-class Generator(Protocol):
-    """Anything with Hugging Face's ``generate``: a plain model or a PEFT-wrapped one."""
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """Hugging Face ``generate``."""
-
-    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
-        """The model's parameters (to find its device)."""
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 
 @dataclass(frozen=True)
@@ -83,7 +73,7 @@ def decode_reply(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
 
 @torch.inference_mode()
 def generate(
-    model: Generator,
+    model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompt: list[int],
     params: SamplingParams,
@@ -95,7 +85,10 @@ def generate(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        output = model.generate(
+        # Causal LM classes and PEFT's wrapper all have GenerationMixin.generate, whose
+        # stubs type `self` too narrowly to call through any common base class.
+        generator: Any = model
+        output: GenerateDecoderOnlyOutput = generator.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=params.max_new_tokens,
@@ -109,6 +102,8 @@ def generate(
             output_logits=True,
             return_dict_in_generate=True,
         )
+    if output.logits is None:
+        raise RuntimeError("generate returned no logits")
     new_ids = output.sequences[0, len(prompt) :].tolist()
     entropies = token_entropy(torch.cat(output.logits, dim=0)).tolist()
     return Generation(

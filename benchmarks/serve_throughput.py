@@ -1,0 +1,254 @@
+"""Decode throughput of mixed-adapter batches, and what Ray Serve adds to latency.
+
+All figures come from one run on the same model, prompts and token counts:
+
+- engine, merged: one adapter merged into the weights, rows run without LoRA (the
+  ceiling for any adapter path);
+- engine, 8 adapters mixed: every row of a batch uses one of 8 distinct rank-16
+  all-linear adapters, applied per row in one pass;
+- naive PEFT: the same 8 adapters loaded in PEFT, ``set_adapter`` before each request,
+  requests one at a time (PEFT cannot mix adapters inside a plain ``generate`` batch);
+- Ray Serve p50 vs engine-alone p50 for one request with one adapter.
+
+Speed does not depend on weight values, so adapters have random B. On CPU the embedded
+SmolLM2-135M is used; ``--shape qwen2.5-0.5b --device cuda`` builds a Qwen2.5-0.5B-shaped
+model with random weights for the GPU rows.
+
+    python benchmarks/serve_throughput.py [--batches 1 8 64] [--tokens 16] [--no-serve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import httpx
+import torch
+from peft import PeftModel
+from pydantic import SecretStr
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config
+
+from kizuna.artifacts import publish_directory
+from kizuna.config import Settings
+from kizuna.model.base import load_base_model, load_tokenizer
+from kizuna.model.embedded import build_embedded_model
+from kizuna.model.engine import Engine, EngineRequest
+from kizuna.model.generation import SamplingParams, generate
+from kizuna.model.lora import LoraShape, new_adapter
+from kizuna.model.prompts import prompt_ids, transform_messages
+from kizuna.serve import launch
+from kizuna.store import adapters as adapter_store
+from kizuna.store.db import make_engine, session_factory, transaction, upgrade
+from kizuna.store.models import AdapterStatus
+
+ADAPTERS = 8
+TEXTS = [
+    "I can help you with this problem.",
+    "The meeting has been moved to Thursday afternoon.",
+    "Your report looks good, but the second table needs a title.",
+    "Remember to drink some water.",
+]
+QWEN_05B = Qwen2Config(  # Qwen2.5-0.5B's shape: 24 layers, width 896, GQA 14/2, vocab 151,936
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+)
+
+
+def _base(args: argparse.Namespace, path: str, device: torch.device) -> PreTrainedModel:
+    if args.shape == "qwen2.5-0.5b":
+        with device:  # allocate the random weights where they will run
+            model: PreTrainedModel = AutoModelForCausalLM.from_config(
+                QWEN_05B, dtype=torch.bfloat16
+            )
+        model.eval()
+        return model
+    return load_base_model(path, device=device)
+
+
+def _adapter_dirs(base: PreTrainedModel, root: Path) -> list[Path]:
+    dirs = []
+    for index in range(ADAPTERS):
+        model = new_adapter(base, LoraShape(rank=16, dropout=0.0), seed=index)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.01)
+        model.save_pretrained(str(root / f"a{index}"))
+        model.unload()
+        dirs.append(root / f"a{index}")
+    return dirs
+
+
+def _seconds(run: Callable[[], object], device: torch.device) -> float:
+    run()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    """Measure and print one table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", choices=["embedded", "qwen2.5-0.5b"], default="embedded")
+    parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve rows")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    settings = Settings()
+    path = str(build_embedded_model(settings.embedded_model_dir).path)
+    tokenizer = load_tokenizer(path)
+    params = SamplingParams(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+    prompts = [prompt_ids(tokenizer, transform_messages(text)) for text in TEXTS]
+    rows: list[tuple[str, int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = _adapter_dirs(_base(args, path, device), Path(tmp))
+        peft = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]), adapter_name="a0")
+        for index, directory in enumerate(dirs[1:], start=1):
+            peft.load_adapter(str(directory), adapter_name=f"a{index}")
+        merged_base = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]))
+        merged = Engine(merged_base.merge_and_unload(), tokenizer)
+        mixed = Engine(_base(args, path, device), tokenizer, max_adapters=ADAPTERS)
+        for index, directory in enumerate(dirs):
+            mixed.load_adapter(f"a{index}", directory)
+        for batch in args.batches:
+            chosen = [prompts[i % len(prompts)] for i in range(batch)]
+            plain = [EngineRequest(prompt=p, params=params) for p in chosen]
+            routed = [
+                EngineRequest(prompt=p, mix={f"a{i % ADAPTERS}": 1.0}, params=params)
+                for i, p in enumerate(chosen)
+            ]
+
+            def naive(chosen: list[list[int]] = chosen) -> None:
+                for i, prompt in enumerate(chosen):
+                    peft.set_adapter(f"a{i % ADAPTERS}")
+                    generate(peft, tokenizer, prompt, params)
+
+            tokens = batch * args.tokens
+            runs: list[tuple[str, Callable[[], object]]] = [
+                ("engine, 1 adapter merged", partial(merged.generate, plain)),
+                (f"engine, {ADAPTERS} adapters mixed", partial(mixed.generate, routed)),
+                ("naive PEFT, set_adapter per request", naive),
+            ]
+            for name, run in runs:
+                rows.append((name, batch, tokens / _seconds(run, device)))
+        serve_ratio = (
+            None
+            if args.no_serve
+            else _serve_vs_engine(settings, path, dirs[0], mixed, prompts[0], params)
+        )
+    _print(rows, serve_ratio, args, device)
+
+
+def _serve_vs_engine(
+    settings: Settings,
+    path: str,
+    adapter: Path,
+    engine: Engine,
+    prompt: list[int],
+    params: SamplingParams,
+) -> tuple[float, float]:
+    """p50 of one request through Ray Serve's HTTP path, and through the engine alone."""
+    with tempfile.TemporaryDirectory() as data:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        served = settings.model_copy(
+            update={
+                "data_dir": Path(data),
+                "base_model": path,
+                "serve_port": port,
+                "serve_batch_wait_ms": 0.0,
+                "serve_cache_size": 0,
+                "api_tokens": [SecretStr("bench")],
+            }
+        )
+        database = make_engine(served.resolved_database_url)
+        upgrade(database)
+        artifact = publish_directory(
+            adapter, root_url=served.resolved_artifact_url, persona="tsundere"
+        )
+        with transaction(session_factory(database)) as session:
+            adapter_store.register_adapter(
+                session,
+                persona="tsundere",
+                artifact_url=artifact.url,
+                sha256=artifact.sha256,
+                status=AdapterStatus.STABLE,
+            )
+        url = launch.start(served)
+        try:
+            body = {
+                "text": TEXTS[0],
+                "persona": "tsundere",
+                "max_new_tokens": params.max_new_tokens,
+            }
+            headers = {"Authorization": "Bearer bench"}
+            timings = []
+            for _ in range(8):
+                started = time.perf_counter()
+                response = httpx.post(
+                    f"{url}/v1/transform", json=body, headers=headers, timeout=300
+                )
+                timings.append(time.perf_counter() - started)
+                response.raise_for_status()
+        finally:
+            launch.stop()
+    request = EngineRequest(prompt=prompt, mix={"a0": 1.0}, params=params)
+    engine.generate([request])
+    alone = []
+    for _ in range(8):
+        started = time.perf_counter()
+        engine.generate([request])
+        alone.append(time.perf_counter() - started)
+    return statistics.median(timings[1:]), statistics.median(alone)
+
+
+def _print(
+    rows: list[tuple[str, int, float]],
+    serve: tuple[float, float] | None,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> None:
+    merged = {batch: tps for name, batch, tps in rows if name.startswith("engine, 1")}
+    naive = {batch: tps for name, batch, tps in rows if name.startswith("naive")}
+    table = Table(
+        title=f"Decode throughput, {args.tokens} new tokens/row, {args.shape} on {device}"
+    )
+    for column in ("variant", "batch", "tokens/s", "÷ merged", "÷ naive PEFT"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for name, batch, tps in rows:
+        table.add_row(
+            name,
+            str(batch),
+            f"{tps:.1f}",
+            f"{tps / merged[batch]:.2f}",
+            f"{tps / naive[batch]:.2f}",
+        )
+    if serve is not None:
+        served, alone = serve
+        table.add_row("Ray Serve p50 (1 request) ms", "1", f"{served * 1000:.0f}", "", "")
+        table.add_row("engine alone p50 ms", "1", f"{alone * 1000:.0f}", "", "")
+        table.add_row("Serve ÷ engine p50", "1", f"{served / alone:.2f}", "", "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -202,26 +202,69 @@ def chat(
     strength: Strength = 1.0,
     max_new_tokens: MaxNewTokens = 128,
     temperature: Temperature = 0.7,
+    server: Annotated[
+        str | None, typer.Option(help="URL of a running `kizuna serve`; default: in-process.")
+    ] = None,
 ) -> None:
     """Chat with a persona; an empty line, 'exit' or end of input ends the chat."""
     from kizuna.model.prompts import Message, with_system
     from kizuna.transform import PersonaModel, validate_text
 
-    model = PersonaModel(settings(), persona=persona)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    config = settings()
     history: list[Message] = []
-    err.print(f"[dim]chatting with {persona} v{model.version}; empty line to quit[/dim]")
+
+    def remote(messages: list[Message]) -> tuple[str, float]:
+        body = {
+            "model": persona,
+            "messages": messages,
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+            "strength": strength,
+        }
+        answer = _post(config, server or "", "/v1/chat/completions", body)
+        return answer["choices"][0]["message"]["content"], answer["kizuna"]["entropy_mean"]
+
+    if server is None:
+        model = PersonaModel(config, persona=persona)
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+
+        def reply(messages: list[Message]) -> tuple[str, float]:
+            result = model.reply(with_system(messages), strength=strength, params=params)
+            return result.output, result.entropy_mean
+    else:
+        reply = remote
+    err.print(f"[dim]chatting with {persona}; empty line to quit[/dim]")
     for line in sys.stdin:
         text = line.strip()
         if not text or text.lower() in {"exit", "quit"}:
             break
         history.append(
-            {"role": "user", "content": validate_text(text, limit=model.max_input_chars)}
+            {"role": "user", "content": validate_text(text, limit=config.max_input_chars)}
         )
-        result = model.reply(with_system(history), strength=strength, params=params)
-        history.append({"role": "assistant", "content": result.output})
-        out.print(f"{persona}> {result.output}", markup=False, highlight=False)
-        err.print(f"[dim]entropy mean {result.entropy_mean:.3f} · {result.latency_ms:.0f} ms[/dim]")
+        output, entropy = reply(history)
+        history.append({"role": "assistant", "content": output})
+        out.print(f"{persona}> {output}", markup=False, highlight=False)
+        err.print(f"[dim]entropy mean {entropy:.3f}[/dim]")
+
+
+def _post(config: Settings, server: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to a running server with the configured (or generated) token."""
+    import httpx
+
+    from kizuna.serve.tokens import client_token
+
+    token = client_token(config)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.post(
+            f"{server.rstrip('/')}{path}", json=body, headers=headers, timeout=300
+        )
+    except httpx.HTTPError as exc:
+        raise ValueError(f"cannot reach {server}: {exc}") from exc
+    if response.status_code != 200:
+        raise ValueError(f"server answered {response.status_code}: {response.text[:300]}")
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 def _transform_remote(
@@ -234,11 +277,6 @@ def _transform_remote(
     temperature: float,
     seed: int | None,
 ) -> None:
-    import httpx
-
-    from kizuna.serve.tokens import client_token
-
-    token = client_token(config)
     body = {
         "text": text,
         "persona": persona,
@@ -247,16 +285,7 @@ def _transform_remote(
         "temperature": temperature,
         "seed": seed,
     }
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.post(
-            f"{server.rstrip('/')}/v1/transform", json=body, headers=headers, timeout=120
-        )
-    except httpx.HTTPError as exc:
-        raise ValueError(f"cannot reach {server}: {exc}") from exc
-    if response.status_code != 200:
-        raise ValueError(f"server answered {response.status_code}: {response.text[:300]}")
-    result = response.json()
+    result = _post(config, server, "/v1/transform", body)
     out.print(result["output"], markup=False, highlight=False)
     err.print(
         f"[dim]{result['persona']} v{result['adapter_version']} · strength {strength:.2f} · "

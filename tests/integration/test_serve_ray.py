@@ -1,8 +1,11 @@
 """The app on real Ray Serve: concurrent requests over several personas share batches."""
 
 import concurrent.futures
+import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -84,6 +87,49 @@ def test_concurrent_requests_share_mixed_batches_and_are_all_recorded(
         )
         assert single_adapter_batches < batches  # some batches mixed personas
         assert httpx.get(f"{url}/v1/transform", timeout=30).status_code in {401, 405}
+        client_env = {**os.environ, "KIZUNA_API_TOKENS": TOKEN, "KIZUNA_DATA_DIR": str(tmp_path)}
+        transformed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kizuna",
+                "transform",
+                "Thanks a lot.",
+                "--persona",
+                "cool",
+                "--max-new-tokens",
+                "4",
+                "--server",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=client_env,
+        )
+        assert transformed.returncode == 0, transformed.stderr
+        assert "cool v1" in transformed.stderr
+        chatted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kizuna",
+                "chat",
+                "--persona",
+                "gentle",
+                "--max-new-tokens",
+                "4",
+                "--server",
+                url,
+            ],
+            input="hello\n",
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=client_env,
+        )
+        assert chatted.returncode == 0, chatted.stderr
+        assert chatted.stdout.startswith("gentle> ")
     finally:
         launch.stop()
     sessions = session_factory(make_engine(settings.resolved_database_url))
@@ -91,4 +137,4 @@ def test_concurrent_requests_share_mixed_batches_and_are_all_recorded(
     journal.start()
     journal.close()
     with sessions() as session:
-        assert count_interactions(session) == 24
+        assert count_interactions(session) == 26  # 24 + the two CLI clients

@@ -120,16 +120,16 @@ class Engine:
             self._free.append(slot)
 
     def _routing(self, requests: Sequence[EngineRequest]) -> Routing:
-        width = max(1, *(len(request.mix) for request in requests))
-        slots = torch.zeros(len(requests), width, dtype=torch.long)
-        weights = torch.zeros(len(requests), width)
-        for row, request in enumerate(requests):
-            for column, (name, weight) in enumerate(request.row_weights().items()):
+        rows: list[dict[int, float]] = []
+        for request in requests:
+            pairs: dict[int, float] = {}
+            for name, weight in request.row_weights().items():
                 if name not in self._slots:
                     raise AdapterNotResidentError(f"adapter {name!r} is not loaded")
                 self._slots.move_to_end(name)
-                slots[row, column], weights[row, column] = self._slots[name], weight
-        return Routing(slots=slots.to(self.device), weights=weights.to(self.device))
+                pairs[self._slots[name]] = weight
+            rows.append(pairs)
+        return Routing.from_rows(rows, device=self.device)
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Generation]:
         """Run ``requests`` as one batch; results come back in the same order."""

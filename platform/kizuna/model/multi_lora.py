@@ -5,13 +5,15 @@ Every adapted linear layer keeps all resident adapters in two slot tables,
 folded into B when it is loaded. Slot 0 is the zero adapter (the base model).
 
 A batch is routed by giving each row up to K (slot, weight) pairs, where a weight is the
-row's strength times its mix weight. The layer gathers each row's factors and applies
-them in one batched pass (the Punica/S-LoRA idea in plain PyTorch)::
+row's strength times its mix weight::
 
     y_b = W x_b + Σ_k w_bk · B[slot_bk] (A[slot_bk] x_b)
 
-so rows with different adapters, strengths and mixes share every matmul of the base
-model, and no request ever switches an active adapter.
+The routing is turned once per batch into segments, one per distinct adapter: the rows
+that use it and their weights. Each layer then runs the base matmul for the whole batch
+and two small matmuls per segment (the SGMV idea of Punica/S-LoRA in plain PyTorch), so
+each adapter's factors are read once per step, rows with different adapters, strengths
+and mixes share every matmul of the base model, and no request switches an adapter.
 """
 
 from __future__ import annotations
@@ -31,11 +33,41 @@ _PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
-class Routing:
-    """Which adapters each row uses: ``slots`` and ``weights`` are (batch, K)."""
+class Segment:
+    """The rows of a batch that use one adapter slot, and each row's weight for it."""
 
-    slots: torch.Tensor
-    weights: torch.Tensor
+    slot: int
+    rows: torch.Tensor  # (n,) row indices
+    weights: torch.Tensor  # (n,)
+    all_rows: bool  # the segment is the whole batch in order: no gather or scatter needed
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which adapters each row uses, as one segment per distinct adapter."""
+
+    segments: tuple[Segment, ...]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[int, float]], *, device: torch.device) -> Routing:
+        """Segments from each row's {slot: weight}; slot 0 and zero weights are skipped."""
+        by_slot: dict[int, tuple[list[int], list[float]]] = {}
+        for row, pairs in enumerate(rows):
+            for slot, weight in pairs.items():
+                if slot != 0 and weight != 0.0:
+                    indices, weights = by_slot.setdefault(slot, ([], []))
+                    indices.append(row)
+                    weights.append(weight)
+        segments = tuple(
+            Segment(
+                slot=slot,
+                rows=torch.tensor(indices, device=device),
+                weights=torch.tensor(weights, device=device),
+                all_rows=indices == list(range(len(rows))),
+            )
+            for slot, (indices, weights) in by_slot.items()
+        )
+        return cls(segments=segments)
 
 
 class RoutingContext:
@@ -68,15 +100,20 @@ class MultiLoraLinear(nn.Module):
             self.lora_b.data[slot, :, :rank] = b.to(self.lora_b.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base output plus each row's weighted adapter deltas."""
+        """Base output plus each row's weighted adapter deltas, one segment at a time."""
         output: torch.Tensor = self.base(x)
         routing = self.context.current
         if routing is None:
             return output
-        a = self.lora_a[routing.slots]  # (batch, K, rank, in)
-        b = self.lora_b[routing.slots]  # (batch, K, out, rank)
-        low = torch.einsum("bsi,bkri->bskr", x, a) * routing.weights[:, None, :, None].to(x.dtype)
-        return output + torch.einsum("bskr,bkor->bso", low, b)
+        for segment in routing.segments:
+            rows = x if segment.all_rows else x[segment.rows]
+            weights = segment.weights.to(x.dtype)[:, None, None]
+            delta = (rows @ self.lora_a[segment.slot].T) @ self.lora_b[segment.slot].T * weights
+            if segment.all_rows:
+                output = output + delta
+            else:
+                output = output.index_add(0, segment.rows, delta)
+        return output
 
 
 @dataclass(frozen=True)

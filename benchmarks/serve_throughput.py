@@ -20,6 +20,7 @@ model with random weights for the GPU rows.
 from __future__ import annotations
 
 import argparse
+import gc
 import socket
 import statistics
 import tempfile
@@ -34,7 +35,7 @@ from peft import PeftModel
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
 from kizuna.artifacts import publish_directory
 from kizuna.config import Settings
@@ -117,51 +118,63 @@ def main() -> None:
     tokenizer = load_tokenizer(path)
     params = SamplingParams(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
     prompts = [prompt_ids(tokenizer, transform_messages(text)) for text in TEXTS]
-    rows: list[tuple[str, int, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         dirs = _adapter_dirs(_base(args, path, device), Path(tmp))
-        peft = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]), adapter_name="a0")
-        for index, directory in enumerate(dirs[1:], start=1):
-            peft.load_adapter(str(directory), adapter_name=f"a{index}")
-        merged_base = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]))
-        merged = Engine(merged_base.merge_and_unload(), tokenizer)
-        mixed = Engine(_base(args, path, device), tokenizer, max_adapters=ADAPTERS)
-        for index, directory in enumerate(dirs):
-            mixed.load_adapter(f"a{index}", directory)
-        for batch in args.batches:
-            chosen = [prompts[i % len(prompts)] for i in range(batch)]
-            plain = [EngineRequest(prompt=p, params=params) for p in chosen]
-            routed = [
-                EngineRequest(prompt=p, mix={f"a{i % ADAPTERS}": 1.0}, params=params)
-                for i, p in enumerate(chosen)
-            ]
-
-            def naive(chosen: list[list[int]] = chosen) -> None:
-                for i, prompt in enumerate(chosen):
-                    peft.set_adapter(f"a{i % ADAPTERS}")
-                    generate(peft, tokenizer, prompt, params)
-
-            tokens = batch * args.tokens
-            runs: list[tuple[str, Callable[[], object]]] = [
-                ("engine, 1 adapter merged", partial(merged.generate, plain)),
-                (f"engine, {ADAPTERS} adapters mixed", partial(mixed.generate, routed)),
-                ("naive PEFT, set_adapter per request", naive),
-            ]
-            for name, run in runs:
-                rows.append((name, batch, tokens / _seconds(run, device)))
-        serve_ratio = (
-            None
-            if args.no_serve
-            else _serve_vs_engine(settings, path, dirs[0], mixed, prompts[0], params)
-        )
+        rows = _throughput(args, path, device, tokenizer, dirs, prompts, params)
+        gc.collect()  # the throughput models are gone: latency is timed in a replica-like process
+        serve_ratio = None
+        if not args.no_serve:
+            serve_ratio = _serve_vs_engine(settings, path, dirs[0], tokenizer, prompts[0], params)
     _print(rows, serve_ratio, args, device)
+
+
+def _throughput(
+    args: argparse.Namespace,
+    path: str,
+    device: torch.device,
+    tokenizer: PreTrainedTokenizerBase,
+    dirs: list[Path],
+    prompts: list[list[int]],
+    params: SamplingParams,
+) -> list[tuple[str, int, float]]:
+    """Tokens/s of the merged, mixed and naive-PEFT variants at every batch size."""
+    peft = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]), adapter_name="a0")
+    for index, directory in enumerate(dirs[1:], start=1):
+        peft.load_adapter(str(directory), adapter_name=f"a{index}")
+    merged_base = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]))
+    merged = Engine(merged_base.merge_and_unload(), tokenizer)
+    mixed = Engine(_base(args, path, device), tokenizer, max_adapters=ADAPTERS)
+    for index, directory in enumerate(dirs):
+        mixed.load_adapter(f"a{index}", directory)
+    rows: list[tuple[str, int, float]] = []
+    for batch in args.batches:
+        chosen = [prompts[i % len(prompts)] for i in range(batch)]
+        plain = [EngineRequest(prompt=p, params=params) for p in chosen]
+        routed = [
+            EngineRequest(prompt=p, mix={f"a{i % ADAPTERS}": 1.0}, params=params)
+            for i, p in enumerate(chosen)
+        ]
+
+        def naive(chosen: list[list[int]] = chosen) -> None:
+            for i, prompt in enumerate(chosen):
+                peft.set_adapter(f"a{i % ADAPTERS}")
+                generate(peft, tokenizer, prompt, params)
+
+        runs: list[tuple[str, Callable[[], object]]] = [
+            ("engine, 1 adapter merged", partial(merged.generate, plain)),
+            (f"engine, {ADAPTERS} adapters mixed", partial(mixed.generate, routed)),
+            ("naive PEFT, set_adapter per request", naive),
+        ]
+        for name, run in runs:
+            rows.append((name, batch, batch * args.tokens / _seconds(run, device)))
+    return rows
 
 
 def _serve_vs_engine(
     settings: Settings,
     path: str,
     adapter: Path,
-    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
     prompt: list[int],
     params: SamplingParams,
 ) -> tuple[float, float]:
@@ -169,13 +182,20 @@ def _serve_vs_engine(
 
     The engine is timed first: Ray's processes keep using CPU for a while after shutdown.
     """
-    request = EngineRequest(prompt=prompt, mix={"a0": 1.0}, params=params)
+    engine = Engine(load_base_model(path, device=torch.device("cpu")), tokenizer)
+    engine.load_adapter("a0", adapter)  # configured like a replica: one resident adapter
+    # The API has no min_new_tokens, so both sides stop at EOS like a real request; greedy
+    # decoding with the same adapter and prompt gives both the same reply.
+    same_as_api = SamplingParams(max_new_tokens=params.max_new_tokens)
+    request = EngineRequest(prompt=prompt, mix={"a0": 1.0}, params=same_as_api)
     engine.generate([request])
     alone = []
     for _ in range(8):
         started = time.perf_counter()
         engine.generate([request])
         alone.append(time.perf_counter() - started)
+    del engine
+    gc.collect()
     with tempfile.TemporaryDirectory() as data:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -147,6 +147,22 @@ class TestInteractions:
             with pytest.raises(LookupError):
                 interactions.set_feedback(s, public_id="missing", thumbs_up=True)
 
+    def test_unlabelled_consented_skips_refusals_and_labelled_rows(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        with transaction(sessions) as s:
+            kept = interactions.log_interaction(s, record=_record()).id
+            interactions.log_interaction(s, record=_record(consent=False))
+            labelled = interactions.log_interaction(s, record=_record()).id
+            other = interactions.log_interaction(s, record=_record(persona="cool")).id
+            row = datasets.RowRecord(input="a", target="b", source_interaction_id=labelled)
+            datasets.create_dataset_version(s, name="al", rows=[row])
+        with sessions() as s:
+            ids = [i.id for i in interactions.unlabelled_consented(s)]
+            assert ids == [kept, other]
+            assert [i.id for i in interactions.unlabelled_consented(s, persona="cool")] == [other]
+            assert interactions.unlabelled_consented(s, after_id=other) == []
+
     def test_unicode_round_trips(self, sessions: sessionmaker[Session]) -> None:
         text = "哼，才不是为了你呢！\u202e😀 e\u0301"
         with transaction(sessions) as s:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from kizuna.store.models import Interaction, JsonDict
+from kizuna.store.models import DatasetRow, Interaction, JsonDict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +77,25 @@ def recent_interactions(
 ) -> Sequence[Interaction]:
     """The newest interactions first."""
     query = select(Interaction).order_by(Interaction.id.desc()).limit(limit)
+    if persona is not None:
+        query = query.where(Interaction.persona == persona)
+    return session.scalars(query).all()
+
+
+def unlabelled_consented(
+    session: Session, *, after_id: int = 0, persona: str | None = None, limit: int = 10_000
+) -> Sequence[Interaction]:
+    """Consented interactions after ``after_id`` that no dataset row was made from yet."""
+    labelled = select(DatasetRow.source_interaction_id).where(
+        DatasetRow.source_interaction_id.is_not(None)
+    )
+    query = (
+        select(Interaction)
+        .where(Interaction.consent.is_(True), Interaction.id > after_id)
+        .where(Interaction.id.not_in(labelled))
+        .order_by(Interaction.id)
+        .limit(limit)
+    )
     if persona is not None:
         query = query.where(Interaction.persona == persona)
     return session.scalars(query).all()

@@ -1,0 +1,1 @@
+"""Active learning: choose the interactions the adapters were least sure of, spread out."""

@@ -7,6 +7,7 @@ the field so a person can fix the YAML without reading code.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -62,10 +63,15 @@ def load_profiles(user_dir: Path | None = None) -> dict[str, PersonaProfile]:
     return {pid: load_profile(path) for pid, path in profile_files(user_dir).items()}
 
 
+def unknown_persona(persona_id: str, known: Iterable[str]) -> UnknownPersonaError:
+    """The error for a persona id no profile defines, listing the ids that exist."""
+    listed = ", ".join(sorted(known)) or "none"
+    return UnknownPersonaError(f"unknown persona {persona_id!r} (known: {listed})")
+
+
 def get_profile(persona_id: str, user_dir: Path | None = None) -> PersonaProfile:
     """One profile by id, or :class:`UnknownPersonaError` listing the known ids."""
     files = profile_files(user_dir)
     if persona_id not in files:
-        known = ", ".join(sorted(files)) or "none"
-        raise UnknownPersonaError(f"unknown persona {persona_id!r} (known: {known})")
+        raise unknown_persona(persona_id, files)
     return load_profile(files[persona_id])

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from kizuna.model.engine import EngineRequest
 from kizuna.model.generation import Generation, SamplingParams
 from kizuna.model.prompts import Message, prompt_ids, transform_messages, with_system
-from kizuna.personas import UnknownPersonaError, load_profiles
+from kizuna.personas.loader import profile_files, unknown_persona
 from kizuna.serve.adapters import AdapterRouter
 from kizuna.serve.auth import Caller
 from kizuna.serve.cache import ResultCache
@@ -59,13 +59,14 @@ class Reply:
     cached: bool
 
 
-def parse_persona_ref(reference: str) -> tuple[str, int | None]:
-    """``tsundere`` → (tsundere, None); ``tsundere@3`` → (tsundere, 3)."""
+def parse_persona_ref(reference: str, *, field: str) -> tuple[str, int | None]:
+    """``tsundere`` → (tsundere, None); ``tsundere@3`` → (tsundere, 3); ``field`` names
+    the request field the reference came from, for the error."""
     persona, _, version = reference.partition("@")
     if not version:
         return persona, None
     if not version.isdigit():
-        raise BadRequestError("persona", f"version in {reference!r} must be a number")
+        raise BadRequestError(field, f"version in {reference!r} must be a number")
     return persona, int(version)
 
 
@@ -97,28 +98,24 @@ class InferenceService:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._cache: ResultCache[Generation] = ResultCache(cache_size)
+        self._known = set(profile_files(personas_dir))
 
-    def known_personas(self) -> set[str]:
-        """Persona ids with a profile."""
-        return set(load_profiles(self.personas_dir))
+    def _check_known(self, field: str, persona: str) -> None:
+        # Names are listed once, not per request; a miss lists the directory again so
+        # a profile dropped in while serving is found without a restart.
+        if persona not in self._known:
+            self._known = set(profile_files(self.personas_dir))
+        if persona not in self._known:
+            raise BadRequestError(field, str(unknown_persona(persona, self._known)))
 
     def _resolve(
         self, field: str, mix: dict[str, float]
     ) -> tuple[dict[str, float], dict[str, int]]:
-        known = self.known_personas()
         engine_mix: dict[str, float] = {}
         versions: dict[str, int] = {}
         for reference, weight in mix.items():
-            persona, version = parse_persona_ref(reference)
-            if persona not in known:
-                raise BadRequestError(
-                    field,
-                    str(
-                        UnknownPersonaError(
-                            f"unknown persona {persona!r} (known: {', '.join(sorted(known))})"
-                        )
-                    ),
-                )
+            persona, version = parse_persona_ref(reference, field=field)
+            self._check_known(field, persona)
             try:
                 name, versions[persona] = self.router.resolve(persona, version)
             except AdapterNotFoundError as exc:
@@ -196,7 +193,7 @@ class InferenceService:
         """Rewrite the body's text in its persona or mix."""
         self._check_length("text", body.text)
         mix = body.mix if body.mix is not None else {body.persona or "": 1.0}
-        persona = parse_persona_ref(body.persona)[0] if body.persona else None
+        persona = parse_persona_ref(body.persona, field="persona")[0] if body.persona else None
         reply = await self._reply(
             messages=transform_messages(body.text),
             mix=mix,
@@ -237,7 +234,11 @@ class InferenceService:
         messages: list[Message] = [m.model_dump() for m in body.messages]
         if messages[0]["role"] != "system":
             messages = with_system(messages)
-        persona = None if body.model == BASE_MODEL_NAME else parse_persona_ref(body.model)[0]
+        persona = (
+            None
+            if body.model == BASE_MODEL_NAME
+            else parse_persona_ref(body.model, field="model")[0]
+        )
         return await self._reply(
             messages=messages,
             mix={} if persona is None else {body.model: 1.0},

@@ -144,6 +144,11 @@ class Settings(BaseSettings):
         return self.personas_dir or self.data_dir / "personas"
 
     @property
+    def adapter_cache_dir(self) -> Path:
+        """Local, sha256-verified copies of adapter artifacts."""
+        return self.data_dir / "cache" / "adapters"
+
+    @property
     def embedded_model_dir(self) -> Path:
         """Where ``kizuna bootstrap`` writes the converted embedded base model."""
         return self.data_dir / "models" / EMBEDDED_BASE_MODEL.split(":", 1)[1]

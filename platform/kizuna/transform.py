@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
-from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
-from kizuna.model.engine import Engine, EngineRequest
+from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.generation import SamplingParams
 from kizuna.model.prompts import Message, prompt_ids, transform_messages
 from kizuna.personas import get_profile
+from kizuna.serve.adapters import make_resident
 from kizuna.store import adapters as adapter_store
 from kizuna.store.db import make_engine, session_factory
 
@@ -51,23 +50,12 @@ class PersonaModel:
 
     def __init__(self, settings: Settings, *, persona: str, version: int | None = None) -> None:
         get_profile(persona, settings.resolved_personas_dir)
-        sessions = session_factory(make_engine(settings.resolved_database_url))
-        with sessions() as session:
-            record = (
-                adapter_store.get_adapter(session, persona=persona, version=version)
-                if version is not None
-                else adapter_store.stable_adapter(session, persona=persona)
-            )
-        adapter_dir = fetch_directory(
-            record.artifact_url,
-            sha256=record.sha256,
-            cache_dir=settings.data_dir / "cache" / "adapters",
-        )
-        device = resolve_device(settings.device)
-        self.tokenizer = load_tokenizer(settings.resolved_base_model)
-        base = load_base_model(settings.resolved_base_model, device=device)
-        self.engine = Engine(base, self.tokenizer, max_adapters=1)
-        self.engine.load_adapter(persona, adapter_dir)
+        # The registry is asked first: a missing version fails before the model loads.
+        with session_factory(make_engine(settings.resolved_database_url))() as session:
+            record = adapter_store.resolve_adapter(session, persona=persona, version=version)
+        self.engine = build_engine(settings, max_adapters=1)
+        self.tokenizer = self.engine.tokenizer
+        make_resident(self.engine, record, name=persona, cache_dir=settings.adapter_cache_dir)
         self.persona = persona
         self.version = record.version
         self.max_input_chars = settings.max_input_chars

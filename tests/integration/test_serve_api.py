@@ -9,10 +9,10 @@ from fastapi.testclient import TestClient
 
 from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
-from kizuna.model.engine import EngineRequest
+from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.finetune import FinetuneArgs
 from kizuna.model.generation import Generation
-from kizuna.serve.runtime import Replica, build_engine, build_replica
+from kizuna.serve.runtime import Replica, build_replica
 from kizuna.store.db import transaction
 from kizuna.store.devices import register_device
 from kizuna.store.interactions import count_interactions, get_interaction

@@ -73,6 +73,8 @@ class TestAdapters:
             adapters.set_status(s, persona="cool", version=2, status=AdapterStatus.STABLE)
         with sessions() as s:
             assert adapters.stable_adapter(s, persona="cool").version == 2
+            assert adapters.resolve_adapter(s, persona="cool").version == 2
+            assert adapters.resolve_adapter(s, persona="cool", version=1).version == 1
             assert (
                 adapters.get_adapter(s, persona="cool", version=1).status == AdapterStatus.RETIRED
             )

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from kizuna.config import Settings
+from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
 from kizuna.model.generation import Generation, SamplingParams, decode_reply, token_entropy
 from kizuna.model.multi_lora import (
     MultiLoraLinear,
@@ -229,3 +231,10 @@ class Engine:
 
 def _generator(seed: int | None) -> torch.Generator | None:
     return torch.Generator().manual_seed(seed) if seed is not None else None
+
+
+def build_engine(settings: Settings, *, max_adapters: int = 16) -> Engine:
+    """The configured base model, on the configured device, with room for adapters."""
+    tokenizer = load_tokenizer(settings.resolved_base_model)
+    model = load_base_model(settings.resolved_base_model, device=resolve_device(settings.device))
+    return Engine(model, tokenizer, max_adapters=max_adapters)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kizuna.artifacts import fetch_directory
 from kizuna.model.engine import Engine
 from kizuna.store import adapters as adapter_store
+from kizuna.store.models import Adapter
 
 
 class AdapterRouter:
@@ -61,10 +62,7 @@ class AdapterRouter:
     def _load(self, persona: str, version: int, name: str) -> None:
         with self._sessions() as session:
             record = adapter_store.get_adapter(session, persona=persona, version=version)
-        directory = fetch_directory(
-            record.artifact_url, sha256=record.sha256, cache_dir=self._cache_dir
-        )
-        self._engine.load_adapter(name, directory)
+        make_resident(self._engine, record, name=name, cache_dir=self._cache_dir)
 
     def versions(self) -> dict[str, list[tuple[int, str]]]:
         """Every persona's registered versions and statuses, for /v1/models."""
@@ -75,3 +73,9 @@ class AdapterRouter:
                     (adapter.version, adapter.status.value)
                 )
         return result
+
+
+def make_resident(engine: Engine, record: Adapter, *, name: str, cache_dir: Path) -> None:
+    """Fetch a registered adapter's artifact (sha256 checked) and load it into ``engine``."""
+    directory = fetch_directory(record.artifact_url, sha256=record.sha256, cache_dir=cache_dir)
+    engine.load_adapter(name, directory)

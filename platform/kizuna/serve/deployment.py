@@ -9,9 +9,9 @@ from fastapi import FastAPI
 from ray import serve
 
 from kizuna.config import Settings
-from kizuna.model.engine import EngineRequest
+from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.generation import Generation
-from kizuna.serve.runtime import build_engine, build_replica
+from kizuna.serve.runtime import build_replica
 
 
 class KizunaServer:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from kizuna.config import Settings
-from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
 from kizuna.model.engine import Engine
 from kizuna.serve.adapters import AdapterRouter
 from kizuna.serve.auth import Authenticator
@@ -31,13 +30,6 @@ class Replica:
         self.service.journal.close()
 
 
-def build_engine(settings: Settings) -> Engine:
-    """The base model with room for the resident adapters."""
-    tokenizer = load_tokenizer(settings.resolved_base_model)
-    model = load_base_model(settings.resolved_base_model, device=resolve_device(settings.device))
-    return Engine(model, tokenizer)
-
-
 def build_replica(settings: Settings, engine: Engine, run_one: RunOne) -> Replica:
     """Wire the store, journal, router, service and HTTP app around ``engine``."""
     database = make_engine(settings.resolved_database_url)
@@ -50,7 +42,7 @@ def build_replica(settings: Settings, engine: Engine, run_one: RunOne) -> Replic
     router = AdapterRouter(
         engine,
         sessions,
-        cache_dir=settings.data_dir / "cache" / "adapters",
+        cache_dir=settings.adapter_cache_dir,
         refresh_s=settings.serve_refresh_s,
     )
     service = InferenceService(

@@ -72,6 +72,13 @@ def stable_adapter(session: Session, *, persona: str) -> Adapter:
     return adapter
 
 
+def resolve_adapter(session: Session, *, persona: str, version: int | None = None) -> Adapter:
+    """The given version of the persona's adapter, or its stable one when none is given."""
+    if version is not None:
+        return get_adapter(session, persona=persona, version=version)
+    return stable_adapter(session, persona=persona)
+
+
 def list_adapters(session: Session, *, persona: str | None = None) -> Sequence[Adapter]:
     """Adapters ordered by persona and version, optionally of one persona."""
     query = select(Adapter).order_by(Adapter.persona, Adapter.version)

@@ -119,6 +119,11 @@ def test_unauthenticated_calls_get_401_and_write_nothing(make_replica) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 200
     assert _count(replica) == before
+    for probe in ("/v1/nope-1", "/v1/nope-2", "/wp-admin"):
+        assert client.get(probe).status_code == 404
+    metrics = client.get("/metrics").text
+    assert 'endpoint="unmatched"' in metrics and "nope-1" not in metrics
+    assert 'endpoint="/v1/transform",status="401"' in metrics
 
 
 def test_device_tokens_authenticate_and_are_recorded(make_replica) -> None:

@@ -66,7 +66,10 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
             return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         started = time.perf_counter()
         response = await call_next(request)
-        endpoint = request.url.path if request.url.path.startswith("/v1/") else "other"
+        # Label by the matched route's template, never the raw path: unmatched paths
+        # from scanners would otherwise grow the label set without bound.
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
         service.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         service.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return response

@@ -27,6 +27,8 @@ from kizuna.model.generation import SamplingParams
 from kizuna.personas import ProfileError, UnknownPersonaError, load_profile
 from kizuna.personas.loader import profile_files
 from kizuna.store.adapters import AdapterNotFoundError
+from kizuna.teacher.base import TeacherUnavailableError
+from kizuna.teacher.registry import DEFAULT_TEACHER, teacher_names
 
 app = typer.Typer(
     help="Kizuna: personality adapters that keep improving.",
@@ -36,8 +38,10 @@ app = typer.Typer(
 )
 personas_app = typer.Typer(help="Personality profiles.", no_args_is_help=True)
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+corpus_app = typer.Typer(help="The shipped neutral corpus and its parallel corpus.")
 app.add_typer(personas_app, name="personas")
 app.add_typer(db_app, name="db")
+app.add_typer(corpus_app, name="corpus")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -53,6 +57,7 @@ USER_ERRORS = (
     EmbeddedModelError,
     FileNotFoundError,
     LookupError,
+    TeacherUnavailableError,
 )
 
 Persona = Annotated[str, typer.Option("--persona", "-p", help="Persona id, e.g. tsundere.")]
@@ -66,6 +71,17 @@ Temperature = Annotated[float, typer.Option(min=0.0, max=5.0, help="0 is greedy.
 def settings() -> Settings:
     """The settings in force for this invocation."""
     return Settings()
+
+
+def _bar() -> RichProgress:
+    return RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=err,
+    )
 
 
 class ConsoleProgress:
@@ -102,14 +118,7 @@ def bootstrap(
     from kizuna.bootstrap import bootstrap as run_bootstrap
 
     config = settings()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(),
-    )
-    with RichProgress(*columns, console=err) as bar:
+    with _bar() as bar:
         report = run_bootstrap(
             config,
             progress=ConsoleProgress(bar),
@@ -291,6 +300,121 @@ def _transform_remote(
         f"[dim]{result['persona']} v{result['adapter_version']} · strength {strength:.2f} · "
         f"entropy mean {result['entropy_mean']:.3f} max {result['entropy_max']:.3f} · "
         f"{result['latency_ms']:.0f} ms · {result['interaction_id']}[/dim]"
+    )
+
+
+@app.command()
+def relabel(
+    budget: Annotated[int, typer.Option(min=1, help="Most interactions to label.")],
+    persona: Annotated[
+        str | None, typer.Option("--persona", "-p", help="Only this persona; default: all.")
+    ] = None,
+    teacher: Annotated[
+        str, typer.Option(help=f"Teacher: {', '.join(teacher_names())}.")
+    ] = DEFAULT_TEACHER,
+    diversity: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="0: plain top-k by uncertainty.")
+    ] = 0.5,
+    score: Annotated[str, typer.Option(help="mean_entropy or max_entropy.")] = "mean_entropy",
+) -> None:
+    """Sample uncertain interactions, relabel them with a teacher, write a dataset version.
+
+    An interrupted run (Ctrl-C, teacher down) resumes when the same command runs again.
+    """
+    from kizuna.datasets.relabel import RelabelConfig
+    from kizuna.datasets.relabel import relabel as run_relabel
+    from kizuna.personas import load_profiles
+    from kizuna.store.db import open_store
+    from kizuna.teacher.registry import build_teacher
+
+    config = settings()
+    job = RelabelConfig(
+        budget=budget, teacher=teacher, persona=persona, diversity=diversity, score=score
+    )
+    job.sampler()  # reject bad settings before loading any model
+    profiles = load_profiles(config.resolved_personas_dir)
+    if persona is not None and persona not in profiles:
+        from kizuna.personas.loader import unknown_persona
+
+        raise unknown_persona(persona, profiles)
+    factory = open_store(config.resolved_database_url)
+    with err.status(f"loading the {teacher} teacher…"):
+        chosen = build_teacher(teacher, config)
+    with _bar() as bar:
+        task = bar.add_task(f"relabel ({teacher})", total=None, note="")
+        result = run_relabel(
+            factory,
+            job,
+            teacher=chosen,
+            profiles=profiles,
+            export_dir=config.data_dir / "datasets",
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if result.report is None:
+        out.print(f"run {result.run_id}: nothing to label (no consented, unlabelled traffic)")
+        return
+    resumed = " (resumed)" if result.resumed else ""
+    out.print(
+        f"run {result.run_id}{resumed}: {result.picked} picked, {result.report.kept} kept → "
+        f"{job.dataset_name} v{result.dataset_version}"
+    )
+    _print_quality(result.report.to_json())
+    out.print(f"exported: {result.export_path}")
+
+
+def _print_quality(report: dict[str, Any]) -> None:
+    table = Table("filter", "dropped")
+    for reason, count in report["dropped"].items():
+        table.add_row(reason, str(count))
+    table.add_row("[bold]kept[/bold]", f"{report['kept']} of {report['total']}")
+    out.print(table)
+
+
+@corpus_app.command("build")
+def corpus_build(
+    output: Annotated[
+        Path | None, typer.Option("--out", help="JSONL file; default <data_dir>/datasets/.")
+    ] = None,
+    persona: Annotated[
+        list[str] | None, typer.Option("--persona", "-p", help="Only these personas.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N sentences of each language.")
+    ] = None,
+    store: Annotated[bool, typer.Option(help="Also store it as a dataset version.")] = True,
+) -> None:
+    """Rewrite the neutral corpus with the rules teacher, filter it, split it, export it."""
+    from kizuna.datasets.build import build_parallel_corpus
+    from kizuna.personas import load_profiles
+    from kizuna.store.db import open_store
+
+    config = settings()
+    profiles = load_profiles(config.resolved_personas_dir)
+    missing = sorted(set(persona or []) - set(profiles))
+    if missing:
+        from kizuna.personas.loader import unknown_persona
+
+        raise unknown_persona(missing[0], profiles)
+    chosen = {pid: profiles[pid] for pid in persona} if persona else profiles
+    path = output or config.data_dir / "datasets" / "parallel-rules.jsonl"
+    factory = open_store(config.resolved_database_url) if store else None
+    with _bar() as bar:
+        task = bar.add_task("rules teacher", total=None, note="")
+        result = build_parallel_corpus(
+            chosen,
+            path=path,
+            limit=limit,
+            factory=factory,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_stage=lambda stage: bar.update(task, note=stage),
+        )
+    _print_quality(result.report.to_json())
+    stored = (
+        f"; stored as parallel-rules v{result.dataset_version}" if result.dataset_version else ""
+    )
+    out.print(
+        f"{result.rows} rows ({result.test_rows} test) → {path}; report → {result.report_path}"
+        + stored
     )
 
 

@@ -104,6 +104,32 @@ class Settings(BaseSettings):
     ops_token: SecretStr | None = Field(
         default=None, description="Token for the ops dashboard (KIZUNA_OPS_TOKEN)."
     )
+    teacher_url: str | None = Field(
+        default=None,
+        description="Base URL of the openai teacher's OpenAI-compatible API, e.g. "
+        "http://127.0.0.1:8000/v1 (Kizuna's own), a vLLM or Ollama server, a hosted API.",
+    )
+    teacher_model: str | None = Field(
+        default=None,
+        description="Model name the openai teacher asks for; {persona} is replaced by the "
+        "persona id (Kizuna's own endpoint takes a persona name as the model).",
+    )
+    teacher_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key for the openai teacher (KIZUNA_TEACHER_API_KEY)."
+    )
+    teacher_timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    teacher_max_retries: int = Field(
+        default=3, ge=0, description="Retries (exponential backoff) on errors, 429 and 5xx."
+    )
+    teacher_requests_per_s: float = Field(
+        default=4.0, gt=0, description="Rate limit of the openai teacher's requests."
+    )
+    teacher_hf_model: str | None = Field(
+        default=None, description="Hugging Face id or local path of the hf teacher's model."
+    )
+    teacher_max_new_tokens: int = Field(
+        default=96, ge=1, description="Longest target a model teacher writes (tokens)."
+    )
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ def _candidate(i: int, text: str, entropy: float, *, persona="tsundere", consent
         entropy_mean=entropy,
         entropy_max=entropy * 2,
         consent=consent,
+        strength=0.6,
     )
 
 

@@ -23,7 +23,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kizuna.model.lora import set_strength
-from kizuna.model.prompts import prompt_ids, transform_messages
+from kizuna.model.prompts import prompt_ids, reply_ids, transform_messages
 
 IGNORE_INDEX = -100
 
@@ -74,8 +74,7 @@ class Encoded:
 def encode_pair(tokenizer: PreTrainedTokenizerBase, pair: Pair, *, max_length: int) -> Encoded:
     """Chat-template the pair; loss falls only on the reply and its end-of-turn token."""
     prompt = prompt_ids(tokenizer, transform_messages(pair.input))
-    reply = tokenizer(pair.target, add_special_tokens=False)["input_ids"]
-    reply = [*reply, tokenizer.eos_token_id]
+    reply = reply_ids(tokenizer, pair.target)
     if len(prompt) >= max_length:
         raise ValueError(
             f"input of {len(prompt)} prompt tokens leaves no room for a target within "

@@ -33,3 +33,9 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> l
     # The template already wrote every special token the model expects.
     ids: list[int] = tokenizer(str(text), add_special_tokens=False)["input_ids"]
     return ids
+
+
+def reply_ids(tokenizer: PreTrainedTokenizerBase, reply: str) -> list[int]:
+    """Token ids of an assistant reply as it is trained: its text, then end-of-turn."""
+    ids: list[int] = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    return [*ids, tokenizer.eos_token_id]

@@ -61,6 +61,25 @@ class Examples(_Strict):
     en: list[Example] = Field(min_length=MIN_EXAMPLES_PER_LANGUAGE)
 
 
+class RewritePhrases(_Strict):
+    """Phrases the rules teacher wraps a neutral answer in, in one language.
+
+    Openers go before the answer and end with their own punctuation; closers follow it.
+    Every phrase carries at least one of the profile's markers, so a rules rewrite is
+    always recognisably in the personality.
+    """
+
+    openers: list[str] = Field(min_length=2)
+    closers: list[str] = Field(min_length=2)
+
+
+class RewriteRules(_Strict):
+    """The rules teacher's phrases per language."""
+
+    zh: RewritePhrases
+    en: RewritePhrases
+
+
 class PersonaProfile(_Strict):
     """A personality: who it is, how it talks, and examples of it talking."""
 
@@ -71,6 +90,7 @@ class PersonaProfile(_Strict):
     markers: BilingualList = Field(description="Phrases that mark the personality's voice.")
     patterns: list[Pattern] = Field(min_length=1)
     intensity: dict[Intensity, Bilingual]
+    rules: RewriteRules
     examples: Examples
 
     @model_validator(mode="after")
@@ -78,6 +98,18 @@ class PersonaProfile(_Strict):
         missing = set(INTENSITY_STRENGTH) - set(self.intensity)
         if missing:
             raise ValueError(f"intensity guidance is missing level(s): {sorted(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _rule_phrases_carry_markers(self) -> PersonaProfile:
+        for language in ("zh", "en"):
+            markers = [m.lower() for m in getattr(self.markers, language)]
+            phrases: RewritePhrases = getattr(self.rules, language)
+            for phrase in [*phrases.openers, *phrases.closers]:
+                if not any(marker in phrase.lower() for marker in markers):
+                    raise ValueError(
+                        f"rules.{language}: phrase {phrase!r} contains none of the markers"
+                    )
         return self
 
     def example_pairs(self, language: Language | None = None) -> list[Example]:

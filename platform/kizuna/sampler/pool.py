@@ -24,6 +24,7 @@ def candidates(
             entropy_mean=row.entropy_mean,
             entropy_max=row.entropy_max,
             consent=row.consent,
+            strength=row.strength,
         )
         for row in unlabelled_consented(session, after_id=after_id, persona=persona)
         if row.persona is not None

@@ -28,6 +28,7 @@ class Candidate:
     entropy_mean: float
     entropy_max: float
     consent: bool
+    strength: float
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,10 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def open_store(url: str) -> sessionmaker[Session]:
+    """Sessions on the store at ``url``, its schema brought to the newest revision first."""
+    engine = make_engine(url)
+    upgrade(engine)
+    return session_factory(engine)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from kizuna.store.models import DatasetRow, Interaction, JsonDict
+from kizuna.store.models import DatasetRow, Interaction, JsonDict, LabellingPick
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,14 +85,15 @@ def recent_interactions(
 def unlabelled_consented(
     session: Session, *, after_id: int = 0, persona: str | None = None, limit: int = 10_000
 ) -> Sequence[Interaction]:
-    """Consented interactions after ``after_id`` that no dataset row was made from yet."""
+    """Consented interactions after ``after_id`` not yet labelled or picked for labelling."""
     labelled = select(DatasetRow.source_interaction_id).where(
         DatasetRow.source_interaction_id.is_not(None)
     )
+    picked = select(LabellingPick.interaction_id)
     query = (
         select(Interaction)
         .where(Interaction.consent.is_(True), Interaction.id > after_id)
-        .where(Interaction.id.not_in(labelled))
+        .where(Interaction.id.not_in(labelled), Interaction.id.not_in(picked))
         .order_by(Interaction.id)
         .limit(limit)
     )

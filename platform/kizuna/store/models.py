@@ -91,6 +91,7 @@ class RunKind(enum.StrEnum):
     FEDERATED = "federated"
     EVALUATION = "evaluation"
     BOOTSTRAP = "bootstrap"
+    RELABEL = "relabel"
 
 
 class RunPhase(enum.StrEnum):
@@ -193,7 +194,7 @@ class DatasetRow(Base):
 
 
 class Run(Base):
-    """Long-running work (retrain, federated, evaluation, bootstrap) and its progress."""
+    """Long-running work (retrain, federated, evaluation, bootstrap, relabel), with progress."""
 
     __tablename__ = "runs"
 
@@ -208,6 +209,42 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class PickOutcome(enum.StrEnum):
+    """What became of an interaction a relabel run picked."""
+
+    PENDING = "pending"  # waiting for the teacher
+    LABELLED = "labelled"  # the teacher answered; quality not yet checked
+    KEPT = "kept"  # in the run's dataset version
+    DROPPED = "dropped"  # failed a quality filter (see drop_reason)
+
+
+class LabellingPick(Base):
+    """An interaction a relabel run chose, why, and what the teacher made of it.
+
+    Picks are the run's durable work list: a resumed run labels only what is still
+    pending, and an interaction picked once is not offered to a later run again.
+    """
+
+    __tablename__ = "labelling_picks"
+    __table_args__ = (UniqueConstraint("run_id", "interaction_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    interaction_id: Mapped[int] = mapped_column(
+        ForeignKey("interactions.id", ondelete="CASCADE"), index=True
+    )
+    persona: Mapped[str] = mapped_column(String(32))
+    strength: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float, comment="uncertainty the sampler ranked by")
+    rank: Mapped[int] = mapped_column(Integer, comment="1 = picked first within its persona")
+    max_similarity: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    input: Mapped[str] = mapped_column(Text, comment="the request text, personal data scrubbed")
+    target: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[PickOutcome] = mapped_column(_checked_enum(PickOutcome, "pick_outcome"))
+    drop_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class FederatedRound(Base):

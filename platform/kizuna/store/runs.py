@@ -1,4 +1,4 @@
-"""Runs (retrain, federated, evaluation, bootstrap) and federated rounds, with progress."""
+"""Runs (retrain, federated, evaluation, bootstrap, relabel) and federated rounds."""
 
 from __future__ import annotations
 
@@ -51,6 +51,12 @@ def update_run(
         run.metrics = {**run.metrics, **metrics}
     session.flush()
     return run
+
+
+def unfinished_run(session: Session, *, kind: RunKind, config: JsonDict) -> Run | None:
+    """The newest pending or running run of ``kind`` with exactly this config, to resume."""
+    query = select(Run).where(Run.kind == kind, Run.phase.not_in(_FINISHED)).order_by(Run.id.desc())
+    return next((run for run in session.scalars(query) if run.config == config), None)
 
 
 def list_runs(

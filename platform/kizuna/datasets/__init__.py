@@ -1,0 +1,1 @@
+"""Training data: the shipped neutral corpus, styled pairs, quality filters, relabel runs."""

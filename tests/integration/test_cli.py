@@ -1,29 +1,15 @@
 """The ``kizuna`` command as a user runs it: a real process, its output and exit code."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import kizuna
 
 from kizuna.personas.loader import SHIPPED_DIR
 
 pytestmark = pytest.mark.integration
-
-
-def kizuna(
-    *args: str, env: dict[str, str] | None = None, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kizuna", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
 
 
 @pytest.fixture
@@ -85,7 +71,7 @@ def test_out_of_range_strength_is_refused_by_the_parser(env: dict[str, str]) -> 
 
 def test_db_upgrade_then_bootstrap_then_transform_and_chat(env: dict[str, str]) -> None:
     upgraded = kizuna("db", "upgrade", env=env)
-    assert upgraded.returncode == 0 and "revision 0001" in upgraded.stdout
+    assert upgraded.returncode == 0 and "revision 0002" in upgraded.stdout
     booted = kizuna("bootstrap", "--persona", "tsundere", "--steps", "2", env=env)
     assert booted.returncode == 0, booted.stderr
     assert "tsundere" in booted.stdout
@@ -113,3 +99,20 @@ def test_db_upgrade_then_bootstrap_then_transform_and_chat(env: dict[str, str]) 
     )
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("tsundere> ") == 2
+
+
+def test_relabel_rejects_bad_input_in_one_line(env: dict[str, str]) -> None:
+    assert_one_line_error(
+        kizuna("relabel", "--budget", "3", "--persona", "grumpy", env=env), "unknown persona"
+    )
+    assert_one_line_error(
+        kizuna("relabel", "--budget", "3", "--teacher", "gpt5", env=env), "unknown teacher"
+    )
+    assert_one_line_error(
+        kizuna("relabel", "--budget", "3", "--teacher", "openai", env=env), "KIZUNA_TEACHER_URL"
+    )
+    assert_one_line_error(
+        kizuna("relabel", "--budget", "3", "--score", "margin", env=env), "score must be"
+    )
+    empty = kizuna("relabel", "--budget", "3", env=env)
+    assert empty.returncode == 0 and "nothing to label" in empty.stdout

@@ -315,7 +315,9 @@ def relabel(
     diversity: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="0: plain top-k by uncertainty.")
     ] = 0.5,
-    score: Annotated[str, typer.Option(help="mean_entropy or max_entropy.")] = "mean_entropy",
+    score: Annotated[
+        str, typer.Option(help="Uncertainty: mean_entropy, max_entropy or margin.")
+    ] = "mean_entropy",
 ) -> None:
     """Sample uncertain interactions, relabel them with a teacher, write a dataset version.
 

@@ -112,7 +112,7 @@ def test_relabel_rejects_bad_input_in_one_line(env: dict[str, str]) -> None:
         kizuna("relabel", "--budget", "3", "--teacher", "openai", env=env), "KIZUNA_TEACHER_URL"
     )
     assert_one_line_error(
-        kizuna("relabel", "--budget", "3", "--score", "margin", env=env), "score must be"
+        kizuna("relabel", "--budget", "3", "--score", "loss", env=env), "score must be"
     )
     empty = kizuna("relabel", "--budget", "3", env=env)
     assert empty.returncode == 0 and "nothing to label" in empty.stdout

@@ -149,6 +149,11 @@ def test_greedy_generation_matches_peft_generate_row_by_row(
             torch.tensor(reference.token_entropies),
             **TOLERANCE,
         )
+        torch.testing.assert_close(
+            torch.tensor(result.token_margins),
+            torch.tensor(reference.token_margins),
+            **TOLERANCE,
+        )
 
 
 def test_a_row_gets_the_same_reply_alone_or_in_any_batch(engine, tokenizer) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kizuna.model.base import load_base_model, load_tokenizer
-from kizuna.model.generation import SamplingParams, generate, token_entropy
+from kizuna.model.generation import SamplingParams, generate, token_entropy, token_margin
 from kizuna.model.prompts import prompt_ids, transform_messages
 
 CPU = torch.device("cpu")
@@ -17,6 +17,11 @@ def test_entropy_of_uniform_and_certain_distributions() -> None:
     certain = torch.full((vocab,), -1e4)
     certain[3] = 0
     assert token_entropy(certain).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_margin_is_the_gap_between_the_two_likeliest_tokens() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]]))
+    torch.testing.assert_close(token_margin(logits), torch.tensor([0.2, 0.0]))
 
 
 def test_entropy_matches_the_definition_on_random_logits() -> None:
@@ -45,6 +50,10 @@ def test_reported_entropies_equal_a_teacher_forced_forward_pass(tiny) -> None:
     )
     assert result.entropy_max == max(result.token_entropies)
     assert result.entropy_mean == pytest.approx(sum(result.token_entropies) / len(result.token_ids))
+    top2 = torch.softmax(logits[len(prompt) - 1 : -1], dim=-1).topk(2).values
+    torch.testing.assert_close(
+        torch.tensor(result.token_margins), top2[:, 0] - top2[:, 1], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_greedy_is_deterministic_and_seeded_sampling_repeats(tiny) -> None:

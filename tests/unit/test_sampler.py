@@ -91,7 +91,28 @@ def test_per_persona_and_global_budgets() -> None:
     assert {p.persona for p in capped if p.rank == 1} == {"tsundere", "cool", "gentle"}
 
 
-@pytest.mark.parametrize("kwargs", [{"per_persona_budget": -1}, {"diversity": 1.5}])
+def test_margin_scoring_picks_the_most_hesitant_and_skips_unmeasured_rows() -> None:
+    pool = [
+        Candidate(
+            interaction_id=i,
+            persona="cool",
+            text=f"unrelated question number {i * 97}",
+            entropy_mean=1.0,
+            entropy_max=1.0,
+            consent=True,
+            strength=0.6,
+            margin_mean=None if i == 0 else i / 10,
+        )
+        for i in range(8)
+    ]
+    picks = select(pool, SamplerConfig(per_persona_budget=3, score="margin", diversity=0.0))
+    assert [p.interaction_id for p in picks] == [1, 2, 3]
+    assert picks[0].score == pytest.approx(0.9) and picks[0].reason.startswith("margin")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"per_persona_budget": -1}, {"diversity": 1.5}, {"score": "loss"}]
+)
 def test_bad_configs_are_refused(kwargs) -> None:
     with pytest.raises(ValueError):
         SamplerConfig(**kwargs)
@@ -138,6 +159,7 @@ def test_the_pool_comes_from_the_store_scrubbed(sessions) -> None:
             strength=1.0,
             adapter_versions={"cool": 1},
             token_entropies=[2.0, 1.0],
+            token_margins=[0.5, 0.1],
             latency_ms=5.0,
             persona="cool",
             consent=True,
@@ -153,3 +175,4 @@ def test_the_pool_comes_from_the_store_scrubbed(sessions) -> None:
     assert [(c.interaction_id, c.text, c.entropy_mean) for c in pool] == [
         (kept, "call me on [PHONE]", 1.5)
     ]
+    assert pool[0].margin_mean == pytest.approx(0.3)

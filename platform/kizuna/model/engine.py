@@ -19,7 +19,13 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
-from kizuna.model.generation import Generation, SamplingParams, decode_reply, token_entropy
+from kizuna.model.generation import (
+    Generation,
+    SamplingParams,
+    decode_reply,
+    token_entropy,
+    token_margin,
+)
 from kizuna.model.multi_lora import (
     MultiLoraLinear,
     Routing,
@@ -182,10 +188,11 @@ class Engine:
         generators = [_generator(r.params.seed) for r in requests]
         tokens: list[list[int]] = [[] for _ in requests]
         entropies: list[list[float]] = [[] for _ in requests]
+        margins: list[list[float]] = [[] for _ in requests]
         done = [False] * batch
         eos = self.tokenizer.eos_token_id
         for step in range(max(r.params.max_new_tokens for r in requests)):
-            row_entropy = token_entropy(logits).tolist()
+            row_entropy, row_margin = token_entropy(logits).tolist(), token_margin(logits).tolist()
             for row, request in enumerate(requests):
                 if step < request.params.min_new_tokens:
                     logits[row, eos] = float("-inf")
@@ -195,6 +202,7 @@ class Engine:
                     continue
                 tokens[row].append(int(chosen[row]))
                 entropies[row].append(round(row_entropy[row], 6))
+                margins[row].append(round(row_margin[row], 6))
                 ended = int(chosen[row]) == eos or len(tokens[row]) >= request.params.max_new_tokens
                 done[row] = ended
             if all(done):
@@ -209,9 +217,12 @@ class Engine:
                 text=decode_reply(self.tokenizer, row_tokens),
                 token_ids=row_tokens,
                 token_entropies=row_entropies,
+                token_margins=row_margins,
                 prompt_tokens=len(request.prompt),
             )
-            for request, row_tokens, row_entropies in zip(requests, tokens, entropies, strict=True)
+            for request, row_tokens, row_entropies, row_margins in zip(
+                requests, tokens, entropies, margins, strict=True
+            )
         ]
 
     def _step(

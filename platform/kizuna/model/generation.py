@@ -2,7 +2,9 @@
 
 Entropy is taken from the model's raw next-token distribution (before temperature or
 top-p), in nats: H = -Σ p log p over the whole vocabulary. It is the uncertainty signal
-the active-learning sampler ranks interactions by.
+the active-learning sampler ranks interactions by. The margin, the probability of the
+most likely token minus that of the runner-up (same distribution), is the other one:
+a small margin means the model hesitated between two tokens.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Generation:
     text: str
     token_ids: list[int]
     token_entropies: list[float]
+    token_margins: list[float]
     prompt_tokens: int
 
     @property
@@ -61,6 +64,12 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of the softmax of ``logits`` along the last dimension."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+def token_margin(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 probability of the softmax of ``logits`` along the last dimension."""
+    top = torch.softmax(logits.float(), dim=-1).topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
 
 
 def decode_reply(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
@@ -105,10 +114,12 @@ def generate(
     if output.logits is None:
         raise RuntimeError("generate returned no logits")
     new_ids = output.sequences[0, len(prompt) :].tolist()
-    entropies = token_entropy(torch.cat(output.logits, dim=0)).tolist()
+    logits = torch.cat(output.logits, dim=0)
+    entropies, margins = token_entropy(logits).tolist(), token_margin(logits).tolist()
     return Generation(
         text=decode_reply(tokenizer, new_ids),
         token_ids=new_ids,
         token_entropies=[round(value, 6) for value in entropies[: len(new_ids)]],
+        token_margins=[round(value, 6) for value in margins[: len(new_ids)]],
         prompt_tokens=len(prompt),
     )

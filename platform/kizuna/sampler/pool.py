@@ -25,6 +25,7 @@ def candidates(
             entropy_max=row.entropy_max,
             consent=row.consent,
             strength=row.strength,
+            margin_mean=row.margin_mean,
         )
         for row in unlabelled_consented(session, after_id=after_id, persona=persona)
         if row.persona is not None

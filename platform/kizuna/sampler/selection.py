@@ -15,7 +15,8 @@ from typing import Literal
 
 from kizuna.sampler.diversity import cosine, ngram_vector
 
-Score = Literal["mean_entropy", "max_entropy"]
+Score = Literal["mean_entropy", "max_entropy", "margin"]
+SCORES: tuple[Score, ...] = ("mean_entropy", "max_entropy", "margin")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Candidate:
     entropy_max: float
     consent: bool
     strength: float
+    margin_mean: float | None = None  # None: recorded before margins were
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,14 @@ class SamplerConfig:
             raise ValueError("budgets must be >= 0")
         if not 0.0 <= self.diversity <= 1.0:
             raise ValueError("diversity must be in [0, 1]")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
 
 
 def _score(candidate: Candidate, kind: Score) -> float:
+    if kind == "margin":
+        # A small top-1/top-2 gap is high uncertainty; 1 - margin ranks it like entropy.
+        return 1.0 - (candidate.margin_mean if candidate.margin_mean is not None else 1.0)
     return candidate.entropy_mean if kind == "mean_entropy" else candidate.entropy_max
 
 
@@ -96,6 +103,8 @@ def select(candidates: Sequence[Candidate], config: SamplerConfig) -> list[Pick]
     """The labelling batch: consented only, per-persona then global budget, best first."""
     by_persona: dict[str, list[Candidate]] = {}
     for candidate in candidates:
+        if config.score == "margin" and candidate.margin_mean is None:
+            continue  # no margin was recorded: it cannot be ranked by one
         if candidate.consent:
             by_persona.setdefault(candidate.persona, []).append(candidate)
     picks = [pick for group in by_persona.values() for pick in _mmr(group, config)]

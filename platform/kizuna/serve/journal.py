@@ -29,7 +29,11 @@ from kizuna.store.db import transaction
 from kizuna.store.interactions import InteractionRecord, log_interaction
 
 log = logging.getLogger(__name__)
-_FIELDS = set(InteractionRecord.__dataclass_fields__) - {"entropy_mean", "entropy_max"}
+_FIELDS = set(InteractionRecord.__dataclass_fields__) - {
+    "entropy_mean",
+    "entropy_max",
+    "margin_mean",
+}
 
 
 class InteractionJournal:

@@ -168,6 +168,7 @@ class InferenceService:
                 strength=strength,
                 adapter_versions=versions,
                 token_entropies=generation.token_entropies,
+                token_margins=generation.token_margins,
                 latency_ms=latency_ms,
                 persona=persona,
                 mix=None if persona else mix,

@@ -26,15 +26,19 @@ class InteractionRecord:
     mix: dict[str, float] | None = None
     consent: bool = False
     device_id: str | None = None
+    #: Top-1 minus top-2 probability per token; empty for records written before margins.
+    token_margins: list[float] = field(default_factory=list)
     entropy_mean: float = field(init=False)
     entropy_max: float = field(init=False)
+    margin_mean: float | None = field(init=False)
 
     def __post_init__(self) -> None:
-        entropies = self.token_entropies
+        entropies, margins = self.token_entropies, self.token_margins
         object.__setattr__(
             self, "entropy_mean", sum(entropies) / len(entropies) if entropies else 0.0
         )
         object.__setattr__(self, "entropy_max", max(entropies, default=0.0))
+        object.__setattr__(self, "margin_mean", sum(margins) / len(margins) if margins else None)
 
 
 def log_interaction(session: Session, *, record: InteractionRecord) -> Interaction:

@@ -123,6 +123,10 @@ class Interaction(Base):
     entropy_mean: Mapped[float] = mapped_column(Float, index=True)
     entropy_max: Mapped[float] = mapped_column(Float)
     token_entropies: Mapped[list[float]] = mapped_column(JSON)
+    token_margins: Mapped[list[float]] = mapped_column(
+        JSON, default=list, comment="top-1 minus top-2 probability per token"
+    )
+    margin_mean: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
     consent: Mapped[bool] = mapped_column(Boolean, default=False)
     feedback: Mapped[int | None] = mapped_column(Integer, comment="+1 thumbs up, -1 down")

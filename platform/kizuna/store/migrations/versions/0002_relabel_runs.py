@@ -1,4 +1,4 @@
-"""relabel runs and their picks
+"""relabel runs and their picks; token margins of interactions
 
 Revision ID: 0002
 Revises: 0001
@@ -23,6 +23,18 @@ def _kind_check(kinds: Sequence[str]) -> str:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("interactions") as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                "token_margins",
+                sa.JSON(),
+                nullable=False,
+                server_default=sa.text("'[]'"),
+                comment="top-1 minus top-2 probability per token",
+            )
+        )
+        batch_op.add_column(sa.Column("margin_mean", sa.Float(), nullable=True))
+
     # Batch mode copies the table on SQLite, which cannot alter a CHECK in place.
     with op.batch_alter_table("runs") as batch_op:
         batch_op.drop_constraint("run_kind", type_="check")
@@ -73,6 +85,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("interactions") as batch_op:
+        batch_op.drop_column("margin_mean")
+        batch_op.drop_column("token_margins")
     with op.batch_alter_table("labelling_picks") as batch_op:
         batch_op.drop_index(batch_op.f("ix_labelling_picks_run_id"))
         batch_op.drop_index(batch_op.f("ix_labelling_picks_interaction_id"))

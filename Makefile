@@ -58,7 +58,7 @@ format: setup ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 bench: setup ## Run every benchmark; each prints one table
-	@for script in benchmarks/*.py; do echo "── $$script"; $(PY) $$script || exit 1; done
+	@for script in benchmarks/*.py; do echo "── $$script"; KIZUNA_DATA_DIR=$(DATA_DIR) $(PY) $$script || exit 1; done
 
 chart: setup ## helm lint and helm template the chart for every ci/*-values.yaml scenario
 	scripts/fetch-k8s-tools.sh .tools/bin

@@ -49,9 +49,13 @@ def new_adapter(base: PreTrainedModel, shape: LoraShape, *, seed: int = 0) -> Pe
         return get_peft_model(base, lora_config(shape))
 
 
-def load_adapter(base: PreTrainedModel, adapter_dir: Path, *, name: str) -> PeftModel:
-    """Attach a saved PEFT adapter to ``base`` for inference."""
-    return PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=name, is_trainable=False)
+def load_adapter(
+    base: PreTrainedModel, adapter_dir: Path, *, name: str, trainable: bool = False
+) -> PeftModel:
+    """Attach a saved PEFT adapter to ``base``: for inference, or to train on (warm start)."""
+    return PeftModel.from_pretrained(
+        base, str(adapter_dir), adapter_name=name, is_trainable=trainable
+    )
 
 
 def set_strength(model: PeftModel, *, adapter: str, strength: float) -> None:

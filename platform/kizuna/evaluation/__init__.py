@@ -1,0 +1,1 @@
+"""Evaluation of adapters: style accuracy, content preservation, diversity."""

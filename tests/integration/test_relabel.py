@@ -1,7 +1,13 @@
 """Relabel runs on a real store (SQLite and PostgreSQL): provenance, budgets, resumption."""
 
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,7 +18,7 @@ from kizuna.datasets.similarity import ContentSimilarity
 from kizuna.personas import load_profiles
 from kizuna.store import labelling, runs
 from kizuna.store.datasets import dataset_rows, get_dataset
-from kizuna.store.db import transaction
+from kizuna.store.db import open_store, transaction
 from kizuna.store.interactions import InteractionRecord, log_interaction
 from kizuna.store.models import Dataset, Interaction, PickOutcome, RunKind, RunPhase
 from kizuna.teacher.base import StyleRequest, TeacherUnavailableError
@@ -164,3 +170,76 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_anything(
         assert result.report.kept + sum(result.report.dropped.values()) == 20
         # 36 interactions, 6 without consent: the budget of 20 came from the other 30.
         assert all(session.get_one(Interaction, p.interaction_id).consent for p in picks)
+
+
+class _SlowTeacherEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint answering in a tsundere voice, 50 ms per call."""
+
+    calls = 0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls += 1
+        time.sleep(0.05)
+        text = body["messages"][-1]["content"].split("\n", 1)[1]
+        payload = json.dumps(
+            {"choices": [{"message": {"content": f"Hmph. {text} Don't get the wrong idea!"}}]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None: ...
+
+
+def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sessions = open_store(f"sqlite:///{data / 'kizuna.db'}")
+    _traffic(sessions)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowTeacherEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        **os.environ,
+        "KIZUNA_DATA_DIR": str(data),
+        "KIZUNA_TEACHER_URL": f"http://127.0.0.1:{server.server_address[1]}/v1",
+        "KIZUNA_TEACHER_MODEL": "teacher",
+        "KIZUNA_TEACHER_REQUESTS_PER_S": "10",
+    }
+    command = [sys.executable, "-m", "kizuna", "relabel", "--budget", "24", "--teacher", "openai"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        labelled = 0
+        while labelled < 8 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+            with sessions() as session:
+                (run,) = runs.list_runs(session, kind=RunKind.RELABEL) or (None,)
+                if run is not None:
+                    labelled = len(
+                        labelling.picks_of(session, run_id=run.id, outcome=PickOutcome.LABELLED)
+                    )
+        assert 8 <= labelled < 24, f"killed too late or never started ({labelled} labelled)"
+        process.kill()  # SIGKILL: no chance to clean up
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    calls_before = _SlowTeacherEndpoint.calls
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    server.shutdown()
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed)" in resumed.stdout and "relabel-all v1" in resumed.stdout
+    with sessions() as session:
+        (run,) = runs.list_runs(session, kind=RunKind.RELABEL)
+        assert run.phase == RunPhase.SUCCEEDED
+        picks = labelling.picks_of(session, run_id=run.id)
+        assert len(picks) == 24 and all(p.target for p in picks)
+        (dataset,) = session.query(Dataset).all()
+        sources = [
+            row.source_interaction_id for row in dataset_rows(session, dataset_id=dataset.id)
+        ]
+        assert len(sources) == len(set(sources)) == dataset.row_count > 0
+    # Only what was still pending (plus at most the one batch in flight) was asked again.
+    assert _SlowTeacherEndpoint.calls - calls_before <= 24 - labelled + 8

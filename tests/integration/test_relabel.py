@@ -7,12 +7,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from chat_endpoint import ChatHandler
 from kizuna.datasets.relabel import RelabelConfig, relabel
 from kizuna.datasets.similarity import ContentSimilarity
 from kizuna.personas import load_profiles
@@ -172,26 +173,16 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_anything(
         assert all(session.get_one(Interaction, p.interaction_id).consent for p in picks)
 
 
-class _SlowTeacherEndpoint(BaseHTTPRequestHandler):
+class _SlowTeacherEndpoint(ChatHandler):
     """An OpenAI-compatible endpoint answering in a tsundere voice, 50 ms per call."""
 
     calls = 0
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, body: dict) -> tuple[int, str | None]:
         type(self).calls += 1
         time.sleep(0.05)
         text = body["messages"][-1]["content"].split("\n", 1)[1]
-        payload = json.dumps(
-            {"choices": [{"message": {"content": f"Hmph. {text} Don't get the wrong idea!"}}]}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None: ...
+        return 200, f"Hmph. {text} Don't get the wrong idea!"
 
 
 def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path: Path) -> None:

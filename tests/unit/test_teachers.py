@@ -1,16 +1,16 @@
 """Teachers: the rules baseline, the prompted model, the OpenAI-compatible client."""
 
-import json
 import logging
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 from pydantic import SecretStr
 
+from chat_endpoint import ChatHandler
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer
 from kizuna.model.engine import Engine
@@ -129,7 +129,7 @@ class TestPrompted:
         torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
 
 
-class _Endpoint(BaseHTTPRequestHandler):
+class _Endpoint(ChatHandler):
     """A real HTTP chat endpoint that fails ``failures`` times, then answers."""
 
     failures = 0
@@ -137,25 +137,12 @@ class _Endpoint(BaseHTTPRequestHandler):
     seen: list[dict] = []  # noqa: RUF012 - per-test state, reset by the fixture
     lock = threading.Lock()
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, body: dict) -> tuple[int, str | None]:
         with self.lock:
             type(self).seen.append({"body": body, "auth": self.headers.get("Authorization")})
             fail = type(self).failures > 0
             type(self).failures -= 1
-        if fail:
-            self.send_response(type(self).status)
-            self.end_headers()
-            return
-        answer = {"choices": [{"message": {"role": "assistant", "content": " Hmph, fine. "}}]}
-        payload = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None: ...
+        return (type(self).status, None) if fail else (200, " Hmph, fine. ")
 
 
 @pytest.fixture

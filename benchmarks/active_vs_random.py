@@ -60,6 +60,7 @@ class Scores:
     """One adapter's numbers on the hard set."""
 
     style: float
+    style_probability: float
     content: float
 
 
@@ -172,43 +173,46 @@ def main() -> None:
             outputs = [g.text for g in _generate(engine, arm, hard, options.tokens)]
             scores[arm] = Scores(
                 style=style_accuracy(classifier, outputs, options.persona),
+                style_probability=statistics.mean(
+                    classifier.persona_score(outputs, options.persona)
+                ),
                 content=content_preservation(similarity, hard, outputs),
             )
 
     random_arms = [arm for arm in arms if arm.startswith("random")]
     random_mean = Scores(
         style=statistics.mean(scores[a].style for a in random_arms),
+        style_probability=statistics.mean(scores[a].style_probability for a in random_arms),
         content=statistics.mean(scores[a].content for a in random_arms),
     )
     active = scores[next(iter(arms))]
     zh_share = {
-        arm: sum(language_of(t) == "zh" for t in texts) / len(texts) for arm, texts in arms.items()
+        arm: sum(language_of(t) == "zh" for t in texts) / len(texts)
+        for arm, texts in {**arms, "hard": hard}.items()
     }
     table = Table(
         title=f"{options.persona}: {options.budget} labels per arm, {options.steps} steps, "
-        f"{len(hard)} hard held-out inputs ({time.perf_counter() - started:.0f} s)"
+        f"{len(hard)} hard held-out inputs ({zh_share['hard']:.0%} Chinese), "
+        f"{time.perf_counter() - started:.0f} s"
     )
-    for column in (
-        "adapter",
-        "labelled inputs in Chinese",
-        "style accuracy",
-        "content preservation",
-    ):
-        table.add_column(column, justify="right" if column != "adapter" else "left")
-    table.add_row(
-        "stable (start)", "-", f"{scores['stable'].style:.3f}", f"{scores['stable'].content:.3f}"
-    )
+    table.add_column("adapter")
+    for column in ("labels in Chinese", "style accuracy", "style p(persona)", "content"):
+        table.add_column(column, justify="right")
+
+    def row(name: str, share: str, values: Scores) -> None:
+        numbers = (values.style, values.style_probability, values.content)
+        table.add_row(name, share, *(f"{n:.3f}" for n in numbers))
+
+    row("stable (start)", "-", scores["stable"])
     for arm in arms:
-        table.add_row(
-            arm, f"{zh_share[arm]:.0%}", f"{scores[arm].style:.3f}", f"{scores[arm].content:.3f}"
-        )
-    table.add_row("random (mean)", "-", f"{random_mean.style:.3f}", f"{random_mean.content:.3f}")
-    table.add_row(
-        "active ÷ random (mean)",
-        "-",
-        f"{active.style / max(random_mean.style, 1e-9):.2f}",
-        f"{active.content / max(random_mean.content, 1e-9):.2f}",
+        row(arm, f"{zh_share[arm]:.0%}", scores[arm])
+    row("random (mean)", "-", random_mean)
+    ratios = (
+        active.style / max(random_mean.style, 1e-9),
+        active.style_probability / max(random_mean.style_probability, 1e-9),
+        active.content / max(random_mean.content, 1e-9),
     )
+    table.add_row("active ÷ random (mean)", "-", *(f"{r:.2f}" for r in ratios))
     Console().print(table)
 
 

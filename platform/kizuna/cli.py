@@ -361,7 +361,7 @@ def relabel(
         f"{job.dataset_name} v{result.dataset_version}"
     )
     _print_quality(result.report.to_json())
-    out.print(f"exported: {result.export_path}")
+    out.print(f"exported: {result.export_path}", soft_wrap=True)
 
 
 def _print_quality(report: dict[str, Any]) -> None:
@@ -411,13 +411,10 @@ def corpus_build(
             on_stage=lambda stage: bar.update(task, note=stage),
         )
     _print_quality(result.report.to_json())
-    stored = (
-        f"; stored as parallel-rules v{result.dataset_version}" if result.dataset_version else ""
-    )
-    out.print(
-        f"{result.rows} rows ({result.test_rows} test) → {path}; report → {result.report_path}"
-        + stored
-    )
+    out.print(f"{result.rows} rows ({result.test_rows} test) → {path}", soft_wrap=True)
+    out.print(f"quality report → {result.report_path}", soft_wrap=True)
+    if result.dataset_version:
+        out.print(f"stored as parallel-rules v{result.dataset_version}")
 
 
 @personas_app.command("list")

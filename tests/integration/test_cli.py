@@ -116,3 +116,16 @@ def test_relabel_rejects_bad_input_in_one_line(env: dict[str, str]) -> None:
     )
     empty = kizuna("relabel", "--budget", "3", env=env)
     assert empty.returncode == 0 and "nothing to label" in empty.stdout
+
+
+def test_corpus_build_writes_the_parallel_corpus(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "corpus.jsonl"
+    result = kizuna(
+        "corpus", "build", "--limit", "5", "--persona", "cool", "--out", str(out), env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "stored as parallel-rules v1" in result.stdout and "content_lost" in result.stdout
+    assert len(out.read_text().splitlines()) >= 27  # 10 sentences × 3 strengths, ≥ 90 % kept
+    assert_one_line_error(
+        kizuna("corpus", "build", "--persona", "grumpy", env=env), "unknown persona"
+    )

@@ -239,3 +239,26 @@ def test_the_rate_limiter_spaces_calls_evenly() -> None:
     limiter.wait()
     limiter.wait()
     assert slept[-1] == 0.25
+
+
+def test_prompted_logits_line_up_with_the_students_labelled_positions(
+    prompted: PromptedTeacher, tiny_model_dir: Path
+) -> None:
+    from kizuna.model.distill import DistillationWeights, distillation_loss
+    from kizuna.model.finetune import Pair, collate, encode_pair, labelled_logits
+    from kizuna.model.lora import LoraShape, new_adapter
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    request, target = _request("The file is saved in the shared folder."), "Hmph. It's saved."
+    student = new_adapter(
+        load_base_model(str(tiny_model_dir), device=torch.device("cpu")), LoraShape()
+    )
+    encoded = encode_pair(tokenizer, Pair(request.text, target, request.strength), max_length=256)
+    batch = collate([encoded], pad_id=tokenizer.pad_token_id)
+    logits, labels = labelled_logits(student, batch)
+    teacher_logits = prompted.target_logits(request, target)
+    assert teacher_logits.shape == logits.shape
+    assert labels.tolist() == reply_ids(tokenizer, target)
+    loss = distillation_loss(logits, labels, teacher_logits, DistillationWeights())
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -99,12 +99,15 @@ def collate(batch: Sequence[Encoded], *, pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def target_token_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over target tokens, with the LM head applied only where it counts.
+def labelled_logits(
+    model: PeftModel, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, vocab)`` at the N labelled positions, and their labels ``(N,)``.
 
     The head is the costliest single matmul of a small model (SmolLM2: 576 x 49,152), and
     about 60 % of positions are prompt tokens with no label, so projecting only the
-    labelled positions cuts a CPU training step by about 30 % with the same loss.
+    labelled positions cuts a CPU training step by about 30 %. Row order is the batch's
+    reading order, so a teacher's per-reply logits, concatenated, line up with the rows.
     """
     causal_lm = cast(PreTrainedModel, model.get_base_model())
     hidden = causal_lm.get_decoder()(
@@ -113,7 +116,13 @@ def target_token_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch
     labels = batch["labels"][:, 1:]
     labelled = labels != IGNORE_INDEX
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][labelled])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[labelled])
+    return logits.float(), labels[labelled]
+
+
+def target_token_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over target tokens."""
+    logits, labels = labelled_logits(model, batch)
+    return torch.nn.functional.cross_entropy(logits, labels)
 
 
 def strength_batches(

@@ -5,10 +5,18 @@ import pytest
 import torch
 
 from kizuna.model.base import load_base_model, load_tokenizer
-from kizuna.model.generation import SamplingParams, generate, token_entropy, token_margin
+from kizuna.model.generation import SamplingParams, generate, token_uncertainty
 from kizuna.model.prompts import prompt_ids, transform_messages
 
 CPU = torch.device("cpu")
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    return token_uncertainty(logits)[0]
+
+
+def token_margin(logits: torch.Tensor) -> torch.Tensor:
+    return token_uncertainty(logits)[1]
 
 
 def test_entropy_of_uniform_and_certain_distributions() -> None:

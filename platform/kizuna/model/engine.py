@@ -23,8 +23,7 @@ from kizuna.model.generation import (
     Generation,
     SamplingParams,
     decode_reply,
-    token_entropy,
-    token_margin,
+    token_uncertainty,
 )
 from kizuna.model.multi_lora import (
     MultiLoraLinear,
@@ -192,7 +191,8 @@ class Engine:
         done = [False] * batch
         eos = self.tokenizer.eos_token_id
         for step in range(max(r.params.max_new_tokens for r in requests)):
-            row_entropy, row_margin = token_entropy(logits).tolist(), token_margin(logits).tolist()
+            entropy, margin = token_uncertainty(logits)
+            row_entropy, row_margin = entropy.tolist(), margin.tolist()
             for row, request in enumerate(requests):
                 if step < request.params.min_new_tokens:
                     logits[row, eos] = float("-inf")

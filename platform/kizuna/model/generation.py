@@ -60,16 +60,15 @@ class Generation:
         return max(self.token_entropies, default=0.0)
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of the softmax of ``logits`` along the last dimension."""
+def token_uncertainty(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy (nats) and top-1 − top-2 margin of the softmax of ``logits`` (last dim).
+
+    Both come from one softmax over the vocabulary: this runs at every decode step.
+    """
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
-def token_margin(logits: torch.Tensor) -> torch.Tensor:
-    """Top-1 minus top-2 probability of the softmax of ``logits`` along the last dimension."""
-    top = torch.softmax(logits.float(), dim=-1).topk(2, dim=-1).values
-    return top[..., 0] - top[..., 1]
+    probs = log_probs.exp()
+    top = probs.topk(2, dim=-1).values
+    return -(probs * log_probs).sum(dim=-1), top[..., 0] - top[..., 1]
 
 
 def decode_reply(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
@@ -115,7 +114,8 @@ def generate(
         raise RuntimeError("generate returned no logits")
     new_ids = output.sequences[0, len(prompt) :].tolist()
     logits = torch.cat(output.logits, dim=0)
-    entropies, margins = token_entropy(logits).tolist(), token_margin(logits).tolist()
+    entropy, margin = token_uncertainty(logits)
+    entropies, margins = entropy.tolist(), margin.tolist()
     return Generation(
         text=decode_reply(tokenizer, new_ids),
         token_ids=new_ids,

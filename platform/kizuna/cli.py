@@ -349,7 +349,7 @@ def relabel(
             job,
             teacher=chosen,
             profiles=profiles,
-            export_dir=config.data_dir / "datasets",
+            export_dir=config.datasets_dir,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if result.report is None:
@@ -386,7 +386,7 @@ def corpus_build(
     store: Annotated[bool, typer.Option(help="Also store it as a dataset version.")] = True,
 ) -> None:
     """Rewrite the neutral corpus with the rules teacher, filter it, split it, export it."""
-    from kizuna.datasets.build import build_parallel_corpus
+    from kizuna.datasets.build import CORPUS_DATASET, build_parallel_corpus
     from kizuna.personas import load_profiles
     from kizuna.store.db import open_store
 
@@ -398,7 +398,7 @@ def corpus_build(
 
         raise unknown_persona(missing[0], profiles)
     chosen = {pid: profiles[pid] for pid in persona} if persona else profiles
-    path = output or config.data_dir / "datasets" / "parallel-rules.jsonl"
+    path = output or config.datasets_dir / f"{CORPUS_DATASET}.jsonl"
     factory = open_store(config.resolved_database_url) if store else None
     with _bar() as bar:
         task = bar.add_task("rules teacher", total=None, note="")
@@ -414,7 +414,7 @@ def corpus_build(
     out.print(f"{result.rows} rows ({result.test_rows} test) → {path}", soft_wrap=True)
     out.print(f"quality report → {result.report_path}", soft_wrap=True)
     if result.dataset_version:
-        out.print(f"stored as parallel-rules v{result.dataset_version}")
+        out.print(f"stored as {CORPUS_DATASET} v{result.dataset_version}")
 
 
 @personas_app.command("list")

@@ -175,6 +175,11 @@ class Settings(BaseSettings):
         return self.data_dir / "cache" / "adapters"
 
     @property
+    def datasets_dir(self) -> Path:
+        """Where dataset versions and the parallel corpus are exported as JSONL."""
+        return self.data_dir / "datasets"
+
+    @property
     def embedded_model_dir(self) -> Path:
         """Where ``kizuna bootstrap`` writes the converted embedded base model."""
         return self.data_dir / "models" / EMBEDDED_BASE_MODEL.split(":", 1)[1]

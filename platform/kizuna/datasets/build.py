@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from kizuna.datasets.corpus import CORPUS_STRENGTHS, neutral_sentences, parallel_pairs
+from kizuna.datasets.corpus import neutral_sentences, parallel_pairs
 from kizuna.datasets.pairs import write_jsonl
 from kizuna.datasets.quality import QualityConfig, QualityReport, filter_pairs
 from kizuna.datasets.similarity import ContentSimilarity
@@ -51,17 +51,8 @@ def build_parallel_corpus(
         *neutral_sentences("en")[:limit],
         *neutral_sentences("zh")[:limit],
     ]
-    total = len(sentences) * len(profiles) * len(CORPUS_STRENGTHS)
-    done = 0
-
-    def advance(count: int) -> None:
-        nonlocal done
-        done += count
-        if on_progress is not None:
-            on_progress(done, total)
-
     teacher = RulesTeacher()
-    pairs = parallel_pairs(sentences, profiles, teacher, on_progress=advance)
+    pairs = parallel_pairs(sentences, profiles, teacher, on_progress=on_progress)
     if on_stage is not None:
         on_stage("quality filters (content similarity)…")
     kept, _, report = filter_pairs(
@@ -79,12 +70,7 @@ def build_parallel_corpus(
             version = datasets.create_dataset_version(
                 session,
                 name=CORPUS_DATASET,
-                rows=(
-                    datasets.RowRecord(
-                        input=p.input, target=p.target, metadata=p.metadata(), split=p.split
-                    )
-                    for p in chosen
-                ),
+                rows=(pair.row_record() for pair in chosen),
                 provenance={
                     "teacher": {"name": teacher.name, "version": teacher.version},
                     "sentences": len(sentences),

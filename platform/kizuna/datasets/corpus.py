@@ -36,9 +36,12 @@ def parallel_pairs(
     *,
     strengths: Iterable[float] = CORPUS_STRENGTHS,
     batch_size: int = 256,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[StyledPair]:
-    """Every sentence rewritten as every persona at every strength by ``teacher``."""
+    """Every sentence rewritten as every persona at every strength by ``teacher``.
+
+    ``on_progress`` is called with (pairs written so far, pairs in all).
+    """
     requests = [
         StyleRequest(text=sentence, persona=profile, strength=strength)
         for profile in profiles.values()
@@ -60,5 +63,5 @@ def parallel_pairs(
             for request, target in zip(chunk, targets, strict=True)
         )
         if on_progress is not None:
-            on_progress(len(chunk))
+            on_progress(len(pairs), len(requests))
     return pairs

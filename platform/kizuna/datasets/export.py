@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from kizuna.datasets.pairs import write_jsonl
+from kizuna.datasets.pairs import seed_row, write_jsonl
 from kizuna.store.datasets import dataset_rows, get_dataset
 
 
@@ -18,12 +18,5 @@ def export_dataset(
     rows = dataset_rows(session, dataset_id=dataset.id, split=split)
     return write_jsonl(
         path,
-        (
-            {
-                "input": row.input,
-                "target": row.target,
-                "metadata": {**row.row_metadata, "split": row.split},
-            }
-            for row in rows
-        ),
+        (seed_row(row.input, row.target, row.row_metadata, row.split) for row in rows),
     )

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kizuna.store.datasets import RowRecord
+
 #: Share of inputs held out for testing, decided by a hash of the input alone, so every
 #: persona and strength of one input lands on the same side and no test input leaks.
 TEST_PERCENT = 10
@@ -39,10 +41,24 @@ class StyledPair:
         """The seed format's metadata object."""
         return {"personality": self.persona, "strength": self.strength, **self.extra}
 
+    def row_record(self) -> RowRecord:
+        """The pair as a row of a stored dataset version."""
+        return RowRecord(
+            input=self.input,
+            target=self.target,
+            metadata=self.metadata(),
+            split=self.split,
+            source_interaction_id=self.source_interaction_id,
+        )
+
     def to_json(self) -> dict[str, Any]:
-        """One JSONL row in the seed format (the split rides in the metadata)."""
-        metadata = {**self.metadata(), "split": self.split}
-        return {"input": self.input, "target": self.target, "metadata": metadata}
+        """One JSONL row in the seed format."""
+        return seed_row(self.input, self.target, self.metadata(), self.split)
+
+
+def seed_row(source: str, target: str, metadata: dict[str, Any], split: str) -> dict[str, Any]:
+    """A row of the seed JSONL format; the split rides in the metadata."""
+    return {"input": source, "target": target, "metadata": {**metadata, "split": split}}
 
 
 def split_of(text: str) -> str:

@@ -19,6 +19,7 @@ from kizuna.datasets.export import export_dataset
 from kizuna.datasets.pairs import StyledPair
 from kizuna.datasets.quality import QualityConfig, QualityReport, filter_pairs
 from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.personas.loader import unknown_persona
 from kizuna.personas.schema import PersonaProfile
 from kizuna.sampler.pool import candidates
 from kizuna.sampler.selection import SamplerConfig, select
@@ -178,16 +179,7 @@ def _finish(
             session,
             name=config.dataset_name,
             persona=config.persona,
-            rows=[
-                datasets.RowRecord(
-                    input=pairs[i].input,
-                    target=pairs[i].target,
-                    metadata=pairs[i].metadata(),
-                    split=pairs[i].split,
-                    source_interaction_id=pairs[i].source_interaction_id,
-                )
-                for i in kept
-            ],
+            rows=[pairs[i].row_record() for i in kept],
             provenance={
                 "run_id": run_id,
                 "teacher": {"name": teacher.name, "version": teacher.version},
@@ -226,7 +218,7 @@ def relabel(
 ) -> RelabelResult:
     """Run (or resume) a relabel run to a new dataset version, exported as JSONL."""
     if config.persona is not None and config.persona not in profiles:
-        raise ValueError(f"unknown persona {config.persona!r}")
+        raise unknown_persona(config.persona, profiles)
     with transaction(factory) as session:
         run, resumed = _start_or_resume(session, config)
         run_id = run.id

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from kizuna.config import Settings
 from kizuna.personas import load_profiles
 from kizuna.store.db import make_engine, session_factory, upgrade
+from support import free_port
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
@@ -106,12 +106,6 @@ def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
 # --- PostgreSQL: a throwaway server per test session, started by the tests themselves ---
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _pg_bin() -> Path | None:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return candidates[-1].parent if candidates else None
@@ -136,7 +130,7 @@ def postgres_url() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="kizuna-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     subprocess.run(
         _as_server_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "kizuna"]),
         check=True,

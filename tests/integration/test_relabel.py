@@ -85,14 +85,18 @@ def test_a_run_writes_a_traceable_dataset_version(
 ) -> None:
     _traffic(sessions)
     config = RelabelConfig(budget=5, teacher="rules", persona="tsundere")
-    result = relabel(
-        sessions,
-        config,
-        teacher=RulesTeacher(),
-        profiles=PROFILES,
-        export_dir=tmp_path,
-        similarity=similarity,
-    )
+
+    def run_once():
+        return relabel(
+            sessions,
+            config,
+            teacher=RulesTeacher(),
+            profiles=PROFILES,
+            export_dir=tmp_path,
+            similarity=similarity,
+        )
+
+    result = run_once()
     assert (result.picked, result.dataset_version, result.resumed) == (5, 1, False)
     with sessions() as session:
         dataset = get_dataset(session, name="relabel-tsundere")
@@ -119,14 +123,7 @@ def test_a_run_writes_a_traceable_dataset_version(
     assert exported[0]["metadata"]["personality"] == "tsundere"
 
     # The next run with the same settings labels new interactions only.
-    again = relabel(
-        sessions,
-        config,
-        teacher=RulesTeacher(),
-        profiles=PROFILES,
-        export_dir=tmp_path,
-        similarity=similarity,
-    )
+    again = run_once()
     assert again.dataset_version == 2 and again.run_id != result.run_id
     with sessions() as session:
         first = {p.interaction_id for p in labelling.picks_of(session, run_id=result.run_id)}

@@ -6,8 +6,6 @@ process, as a user runs it. The openai teacher is pointed at this same server's
 ``/v1/chat/completions``, asking each persona's adapter to teach.
 """
 
-import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +18,12 @@ from cli_runner import kizuna
 
 from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
-from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.finetune import FinetuneArgs
-from kizuna.model.generation import Generation
-from kizuna.serve.runtime import Replica, build_replica
+from kizuna.serve.runtime import Replica
 from kizuna.store import labelling
 from kizuna.store.datasets import dataset_rows, get_dataset
 from kizuna.store.models import Interaction, PickOutcome
+from support import QuietProgress, free_port, in_process_replica
 
 pytestmark = pytest.mark.integration
 TOKEN = "relabel-token"
@@ -42,11 +39,6 @@ TEXTS = [
 ]
 
 
-class _Quiet:
-    def stage(self, description: str, total: int | None = None) -> None: ...
-    def advance(self, steps: int = 1, *, note: str = "") -> None: ...
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[dict]:
     data = tmp_path_factory.mktemp("relabel-data")
@@ -58,17 +50,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
         serve_cache_size=0,
     )
     bootstrap(
-        settings, progress=_Quiet(), args=FinetuneArgs(steps=2, batch_size=4), personas=["tsundere"]
+        settings,
+        progress=QuietProgress(),
+        args=FinetuneArgs(steps=2, batch_size=4),
+        personas=["tsundere"],
     )
-    engine = build_engine(settings)
-
-    async def run_one(request: EngineRequest) -> Generation:
-        return (await asyncio.to_thread(engine.generate, [request]))[0]
-
-    replica: Replica = build_replica(settings, engine, run_one)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    replica = in_process_replica(settings)
+    port = free_port()
     http = uvicorn.Server(
         uvicorn.Config(replica.app, host="127.0.0.1", port=port, log_level="warning", ws="none")
     )

@@ -1,6 +1,5 @@
 """The HTTP API of one replica: real engine, store, journal and router; no Ray needed."""
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -9,22 +8,16 @@ from fastapi.testclient import TestClient
 
 from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
-from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.finetune import FinetuneArgs
-from kizuna.model.generation import Generation
-from kizuna.serve.runtime import Replica, build_replica
+from kizuna.serve.runtime import Replica
 from kizuna.store.db import transaction
 from kizuna.store.devices import register_device
 from kizuna.store.interactions import count_interactions, get_interaction
+from support import QuietProgress, in_process_replica
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class _Quiet:
-    def stage(self, description: str, total: int | None = None) -> None: ...
-    def advance(self, steps: int = 1, *, note: str = "") -> None: ...
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     settings = Settings(data_dir=data, base_model=str(tiny_model_dir), device="cpu")
     bootstrap(
         settings,
-        progress=_Quiet(),
+        progress=QuietProgress(),
         args=FinetuneArgs(steps=2, batch_size=4),
         personas=["tsundere", "cool"],
     )
@@ -52,13 +45,7 @@ def make_replica(bootstrapped: Path, tiny_model_dir: Path):
             api_tokens=TOKEN,
             serve_refresh_s=0.01,
         )
-        settings = Settings(**{**values, **overrides})
-        engine = build_engine(settings)
-
-        async def run_one(request: EngineRequest) -> Generation:
-            return (await asyncio.to_thread(engine.generate, [request]))[0]
-
-        replica = build_replica(settings, engine, run_one)
+        replica = in_process_replica(Settings(**{**values, **overrides}))
         replicas.append(replica)
         return replica, TestClient(replica.app)
 
@@ -259,7 +246,7 @@ def test_a_new_stable_version_is_served_without_a_restart(
     settings = Settings(data_dir=bootstrapped, base_model=str(tiny_model_dir), device="cpu")
     bootstrap(
         settings,
-        progress=_Quiet(),
+        progress=QuietProgress(),
         args=FinetuneArgs(steps=1, batch_size=4, seed=3),
         personas=["tsundere"],
         force=True,

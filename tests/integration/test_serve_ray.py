@@ -3,7 +3,6 @@
 import concurrent.futures
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,21 +17,11 @@ from kizuna.serve import launch
 from kizuna.serve.journal import InteractionJournal
 from kizuna.store.db import make_engine, session_factory
 from kizuna.store.interactions import count_interactions
+from support import QuietProgress, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "ray-test-token"
 PERSONAS = ["tsundere", "cool", "gentle"]
-
-
-class _Quiet:
-    def stage(self, description: str, total: int | None = None) -> None: ...
-    def advance(self, steps: int = 1, *, note: str = "") -> None: ...
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _metric(text: str, name: str) -> float:
@@ -49,12 +38,15 @@ def test_concurrent_requests_share_mixed_batches_and_are_all_recorded(
         base_model=str(tiny_model_dir),
         device="cpu",
         api_tokens=TOKEN,
-        serve_port=_free_port(),
+        serve_port=free_port(),
         serve_batch_wait_ms=200,
         serve_max_batch_size=8,
     )
     bootstrap(
-        settings, progress=_Quiet(), args=FinetuneArgs(steps=1, batch_size=4), personas=PERSONAS
+        settings,
+        progress=QuietProgress(),
+        args=FinetuneArgs(steps=1, batch_size=4),
+        personas=PERSONAS,
     )
     url = launch.start(settings)
     try:

@@ -23,6 +23,7 @@ from kizuna.teacher.persona_prompt import persona_messages
 from kizuna.teacher.prompted import PromptedTeacher
 from kizuna.teacher.registry import build_teacher, teacher_names
 from kizuna.teacher.rules import RulesTeacher
+from support import free_port
 
 PROFILES = load_profiles()
 
@@ -203,24 +204,11 @@ class TestOpenAICompatible:
         assert len(_Endpoint.seen) == 1
 
     def test_a_down_endpoint_is_named_in_the_error(self, caplog: pytest.LogCaptureFixture) -> None:
-        with socket_closed_port() as port, caplog.at_level(logging.DEBUG):
-            url = f"http://127.0.0.1:{port}/v1"
+        with caplog.at_level(logging.DEBUG):
+            url = f"http://127.0.0.1:{free_port()}/v1"
             with pytest.raises(TeacherUnavailableError, match=f"{url}/chat/completions"):
                 _client(url, max_retries=1).relabel([_request("Hello.")])
         assert "sk-very-secret" not in caplog.text
-
-
-class socket_closed_port:
-    """A loopback port nothing listens on."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return int(probe.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None: ...
 
 
 def test_the_rate_limiter_spaces_calls_evenly() -> None:

@@ -92,7 +92,12 @@ def fetch_directory(url: str, *, sha256: str, cache_dir: Path) -> Path:
         try:
             fs.get(f"{path}/", f"{staging}/", recursive=True)
             (staging / ".complete").unlink(missing_ok=True)
-            staging.rename(local)
+            try:
+                staging.rename(local)
+            except OSError:
+                # Another process (a second training worker) fetched it first: keep theirs.
+                if not local.is_dir():
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     _check_safe(local)

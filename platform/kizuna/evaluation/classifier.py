@@ -11,6 +11,7 @@ safetensors (never pickle) with the class names beside them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,3 +127,42 @@ class PersonaClassifier:
         tensors = load_file(directory / "classifier.safetensors")
         classes = json.loads((directory / "classes.json").read_text())
         return cls(classes, tensors["weights"], tensors["bias"])
+
+
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """A classifier and its accuracy on the held-out split it never saw."""
+
+    classifier: PersonaClassifier
+    heldout_accuracy: float
+
+
+def load_or_train(
+    profiles: Mapping[str, PersonaProfile], cache_dir: Path, *, sentences_per_language: int = 400
+) -> TrainedClassifier:
+    """The classifier for these profiles, trained once and cached under ``cache_dir``.
+
+    The cache key covers the profiles and the corpus size, so editing a profile retrains.
+    """
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                sentences_per_language,
+                *(p.model_dump(mode="json") for _, p in sorted(profiles.items())),
+            ],
+            sort_keys=True,
+            ensure_ascii=False,
+        ).encode("utf-8")
+    ).hexdigest()[:16]
+    directory = cache_dir / key
+    accuracy_file = directory / "heldout_accuracy.json"
+    if accuracy_file.is_file():
+        return TrainedClassifier(
+            PersonaClassifier.load(directory), json.loads(accuracy_file.read_text())
+        )
+    train, test = training_texts(profiles, sentences_per_language=sentences_per_language)
+    classifier = PersonaClassifier.train(train)
+    accuracy = classifier.accuracy(test)
+    classifier.save(directory)
+    accuracy_file.write_text(json.dumps(accuracy))  # last: a partial cache is never read
+    return TrainedClassifier(classifier, accuracy)

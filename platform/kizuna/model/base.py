@@ -17,6 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from kizuna.model.quantize import Quantization, bitsandbytes_config
+
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 
@@ -53,14 +55,25 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def load_base_model(
-    name_or_path: str, *, device: torch.device, dtype: torch.dtype | None = None
+    name_or_path: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    quantization: Quantization = "none",
 ) -> PreTrainedModel:
-    """The base model on ``device`` in eval mode (fp32 on CPU, bf16 on CUDA by default)."""
+    """The base model on ``device`` in eval mode (fp32 on CPU, bf16 on CUDA by default).
+
+    bitsandbytes quantizations load quantized; ``int8`` (CPU) is applied after loading by
+    :func:`kizuna.model.quantize.quantize_base_int8`, once adapters are wired in.
+    """
     _check_local(name_or_path)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    extra = {}
+    if quantization.startswith("bnb-"):
+        extra["quantization_config"] = bitsandbytes_config(quantization)
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, device_map=str(device)
+        name_or_path, dtype=dtype, device_map=str(device), **extra
     )
     model.eval()
     return model

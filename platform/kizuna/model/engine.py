@@ -32,6 +32,7 @@ from kizuna.model.multi_lora import (
     install_multi_lora,
     read_peft_adapter,
 )
+from kizuna.model.quantize import quantize_base_int8
 from kizuna.model.sampling import select_tokens
 
 
@@ -245,7 +246,15 @@ def _generator(seed: int | None) -> torch.Generator | None:
 
 
 def build_engine(settings: Settings, *, max_adapters: int = 16) -> Engine:
-    """The configured base model, on the configured device, with room for adapters."""
+    """The configured base model, on the configured device and quantization, with room
+    for adapters."""
     tokenizer = load_tokenizer(settings.resolved_base_model)
-    model = load_base_model(settings.resolved_base_model, device=resolve_device(settings.device))
-    return Engine(model, tokenizer, max_adapters=max_adapters)
+    model = load_base_model(
+        settings.resolved_base_model,
+        device=resolve_device(settings.device),
+        quantization=settings.quantization,
+    )
+    engine = Engine(model, tokenizer, max_adapters=max_adapters)
+    if settings.quantization == "int8":
+        quantize_base_int8(engine.model)
+    return engine

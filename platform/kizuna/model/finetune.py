@@ -142,6 +142,15 @@ def strength_batches(
         yield from epoch
 
 
+def warmup_linear_decay(
+    optimizer: torch.optim.Optimizer, *, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Five warm-up steps, then a linear decay to zero at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 5) * (1 - step / steps)
+    )
+
+
 def train_lora(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -160,9 +169,7 @@ def train_lora(
     batches = strength_batches(encoded, batch_size=args.batch_size, seed=args.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 5) * (1 - step / args.steps)
-    )
+    schedule = warmup_linear_decay(optimizer, steps=args.steps)
     model.train()
     losses: list[float] = []
     try:

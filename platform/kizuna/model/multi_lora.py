@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel
+
+from kizuna.model.quantize import load_lora_tensors
 
 # PEFT names a layer's factors "<module path>.lora_A.weight"; its module path starts
 # with "base_model.model." before the wrapped model's own path.
@@ -84,7 +85,9 @@ class MultiLoraLinear(nn.Module):
         super().__init__()
         self.base = base
         self.context = context
-        dtype, device = base.weight.dtype, base.weight.device
+        # A 4/8-bit base (bitsandbytes) stores integer weights but computes in bf16.
+        dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.bfloat16
+        device = base.weight.device
         a = torch.zeros(slots, rank, base.in_features, dtype=dtype, device=device)
         b = torch.zeros(slots, base.out_features, rank, dtype=dtype, device=device)
         self.lora_a = nn.Parameter(a, requires_grad=False)
@@ -125,14 +128,14 @@ class AdapterFactors:
 
 
 def read_peft_adapter(directory: Path) -> AdapterFactors:
-    """Read a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors)."""
+    """Read a PEFT LoRA directory (adapter_config.json + safetensors, fp32 or int8)."""
     config = json.loads((directory / "adapter_config.json").read_text())
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{directory} is a {config['peft_type']} adapter, not LoRA")
     if config.get("use_rslora") or config.get("use_dora"):
         raise ValueError(f"{directory}: rsLoRA and DoRA adapters are not supported")
     rank, alpha = int(config["r"]), float(config["lora_alpha"])
-    tensors = load_file(str(directory / "adapter_model.safetensors"))
+    tensors = load_lora_tensors(directory)
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, a in tensors.items():
         if not key.endswith(".lora_A.weight"):

@@ -20,6 +20,10 @@ _BUILDERS = {
     "hf": "kizuna.teacher.hf",
 }
 
+#: Teachers that can give logits for a KL term (``hf`` only when it shares the
+#: student's vocabulary); the others teach through their text alone.
+LOGIT_TEACHERS = frozenset({"prompted", "hf"})
+
 
 def teacher_names() -> list[str]:
     """Every registered teacher's name."""

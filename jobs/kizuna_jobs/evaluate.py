@@ -1,0 +1,151 @@
+"""The evaluation stage of a retrain, run as a Ray task next to the trained checkpoint.
+
+It quantizes the candidate to int8, evaluates it (and the int8 variant) against the
+stable adapter on held-out inputs, checks the persona's gates, writes the JSON and HTML
+reports, and publishes adapter + int8 variant + reports as one content-addressed
+artifact, so the registry's sha256 covers everything a rollout decision rests on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+
+from kizuna.artifacts import PublishedArtifact, fetch_directory, publish_directory
+from kizuna.config import Settings
+from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.evaluation.candidate import (
+    CANDIDATE,
+    STABLE,
+    EvaluationPlan,
+    Scorers,
+    evaluate_candidate,
+    heldout_inputs,
+)
+from kizuna.evaluation.classifier import load_or_train
+from kizuna.evaluation.gates import check_gates
+from kizuna.evaluation.report import write_report
+from kizuna.model.base import load_base_model, load_tokenizer
+from kizuna.model.engine import Engine, build_engine
+from kizuna.model.quantize import (
+    directory_bytes,
+    quantize_adapter_int8,
+    quantize_base_int8,
+    weight_bytes,
+)
+from kizuna.personas import load_profiles
+
+INT8_DIR, REPORT_DIR = "int8", "evaluation"
+
+
+def _int8_engine(settings: Settings, adapter_dir: Path, sizes: dict[str, int]) -> Engine:
+    """A CPU engine with an int8 base and the int8 adapter; records both base sizes."""
+    base_path = settings.resolved_base_model
+    base = load_base_model(base_path, device=torch.device("cpu"))
+    sizes["base_fp32_bytes"] = weight_bytes(base)
+    engine = Engine(base, load_tokenizer(base_path), max_adapters=1)
+    quantize_base_int8(engine.model)
+    adapter_tables = sum(
+        p.numel() * p.element_size()
+        for name, p in engine.model.named_parameters()
+        if name.endswith(("lora_a", "lora_b"))
+    )
+    sizes["base_int8_bytes"] = weight_bytes(engine.model) - adapter_tables
+    engine.load_adapter(CANDIDATE, adapter_dir)
+    return engine
+
+
+@dataclass(frozen=True)
+class EvaluationJob:
+    """What the evaluation task is given (it may run on another node than the driver)."""
+
+    checkpoint: ray.train.Checkpoint
+    settings: dict[str, Any]
+    persona: str
+    #: The stable adapter to compare with: (artifact URL, sha256), if any.
+    stable: tuple[str, str] | None
+    per_language: int
+    strength: float
+    max_new_tokens: int
+    latency_samples: int
+    classifier_sentences: int
+    lineage: dict[str, Any]
+    training: dict[str, Any]
+
+
+def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[str, Any]]:
+    """Quantize, evaluate, gate, report and publish the candidate in ``job.checkpoint``."""
+    settings = Settings(**job.settings)
+    persona, stable, lineage = job.persona, job.stable, job.lineage
+    profiles = load_profiles(settings.resolved_personas_dir)
+    profile = profiles[persona]
+    plan = EvaluationPlan(
+        inputs=heldout_inputs(job.per_language),
+        strength=job.strength,
+        max_new_tokens=job.max_new_tokens,
+        latency_samples=job.latency_samples,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        bundle = Path(scratch) / "candidate"
+        with job.checkpoint.as_directory() as directory:
+            shutil.copytree(Path(directory) / "adapter", bundle)
+        sizes = {"adapter_fp32_bytes": directory_bytes(bundle)}
+        int8_dir = quantize_adapter_int8(bundle, bundle / INT8_DIR)
+        sizes["adapter_int8_bytes"] = directory_bytes(int8_dir)
+
+        trained = load_or_train(
+            profiles,
+            settings.data_dir / "classifier",
+            sentences_per_language=job.classifier_sentences,
+        )
+        engine = build_engine(settings.model_copy(update={"quantization": "none"}), max_adapters=2)
+        engine.load_adapter(CANDIDATE, bundle)
+        if stable is not None:
+            url, sha256 = stable
+            engine.load_adapter(
+                STABLE, fetch_directory(url, sha256=sha256, cache_dir=settings.adapter_cache_dir)
+            )
+        on_gpu = engine.device.type == "cuda"
+        quantized = None if on_gpu else _int8_engine(settings, int8_dir, sizes)
+        result = evaluate_candidate(
+            engine,
+            profile,
+            plan,
+            Scorers(trained.classifier, ContentSimilarity()),
+            quantized_engine=quantized,
+        )
+        gates = check_gates(result, settings.gates_for(persona), on_gpu=on_gpu)
+        candidate = result.variants[CANDIDATE]
+        versus = result.variants.get(STABLE)
+        summary = (
+            f"style accuracy {candidate.style_accuracy:.3f}, content "
+            f"{candidate.content_preservation:.3f}"
+            + (
+                f" (stable: {versus.style_accuracy:.3f}, {versus.content_preservation:.3f})"
+                if versus
+                else ""
+            )
+            + f"; {sum(g.passed for g in gates)}/{len(gates)} gates passed"
+        )
+        report = {
+            "persona": persona,
+            "run_id": lineage["run_id"],
+            "summary": summary,
+            "classifier_heldout_accuracy": trained.heldout_accuracy,
+            "evaluation": result.to_json(),
+            "gates": [asdict(g) for g in gates],
+            "sizes": sizes,
+            "training": job.training,
+            "lineage": lineage,
+        }
+        write_report(report, bundle / REPORT_DIR)
+        published = publish_directory(
+            bundle, root_url=settings.resolved_artifact_url, persona=persona
+        )
+    return published, report

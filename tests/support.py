@@ -1,11 +1,17 @@
-"""Small pieces several test modules need: quiet progress, a free port, a local replica."""
+"""Small pieces several test modules need: quiet progress, a free port, a local replica,
+a random adapter."""
 
 import asyncio
 import socket
+from pathlib import Path
+
+import torch
 
 from kizuna.config import Settings
+from kizuna.model.base import load_base_model
 from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.generation import Generation
+from kizuna.model.lora import LoraShape, new_adapter
 from kizuna.serve.runtime import Replica, build_replica
 
 
@@ -32,3 +38,18 @@ def in_process_replica(settings: Settings) -> Replica:
         return (await asyncio.to_thread(engine.generate, [request]))[0]
 
     return build_replica(settings, engine, run_one)
+
+
+def random_adapter(model_dir: Path, directory: Path, *, seed: int, rank: int) -> Path:
+    """A PEFT adapter whose B is non-zero, so it changes the model's output."""
+    model = new_adapter(
+        load_base_model(str(model_dir), device=torch.device("cpu")),
+        LoraShape(rank=rank, alpha=2 * rank, dropout=0.0),
+        seed=seed,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory

@@ -247,7 +247,9 @@ def training_rows(session: Session, config: RetrainConfig) -> tuple[list[Pair], 
     return pairs, uses
 
 
-def _logit_teacher(config: RetrainConfig, uses: Sequence[DatasetUse]) -> str | None:
+def logit_teacher_for(config: RetrainConfig, uses: Sequence[DatasetUse]) -> str | None:
+    """The teacher of the KL term: the configured one, else the datasets' own teacher
+    when all rows come from one teacher that gives logits; None means CE alone."""
     if config.teacher is not None:
         if config.teacher not in LOGIT_TEACHERS:
             raise UserError(
@@ -260,7 +262,8 @@ def _logit_teacher(config: RetrainConfig, uses: Sequence[DatasetUse]) -> str | N
     return only if only in LOGIT_TEACHERS else None
 
 
-def _warm_start(session: Session, config: RetrainConfig) -> Adapter:
+def warm_start_adapter(session: Session, config: RetrainConfig) -> Adapter:
+    """The adapter training starts from: the stable one, or the newest federated one."""
     if config.warm_start == "stable":
         try:
             return adapter_store.stable_adapter(session, persona=config.persona)
@@ -585,7 +588,7 @@ def _fit(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(settings.data_dir / "ray_results"),
+            storage_path=str((settings.data_dir / "ray_results").resolve()),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -629,7 +632,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
         raise UserError(str(unknown_persona(config.persona, profiles)))
     sessions = open_store(settings.resolved_database_url)
     with transaction(sessions) as session:
-        warm = _warm_start(session, config)
+        warm = warm_start_adapter(session, config)
         pairs, uses = training_rows(session, config)
         run_id = run_store.create_run(
             session, kind=RunKind.RETRAIN, persona=config.persona, config=config.model_dump()
@@ -641,7 +644,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
             **{k: warm.lineage[k] for k in ("rounds", "epsilon", "delta") if k in warm.lineage},
         }
         base_sha256 = warm.lineage.get("base_sha256")
-    logit_teacher = _logit_teacher(config, uses)
+    logit_teacher = logit_teacher_for(config, uses)
     plan = WorkerPlan(
         settings=settings.model_dump(),
         persona=config.persona,
@@ -700,7 +703,10 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
                     "learning_rate": config.learning_rate,
                     "ray_checkpoint": result.checkpoint.path,
                 },
-                "quantization": {"adapter": "int8, per-row symmetric", "base": "dynamic int8"},
+                "quantization": {
+                    "adapter": "int8, symmetric per rank slice",
+                    "base": "dynamic int8",
+                },
                 "code_version": _code_version(),
             }
             from kizuna_jobs.evaluate import EvaluationJob, evaluate_and_publish

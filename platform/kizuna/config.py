@@ -147,6 +147,13 @@ class Settings(BaseSettings):
         """The evaluation gates of ``persona``: its configured ones, else the defaults."""
         return self.gates.get(persona, GateThresholds())
 
+    @field_validator("data_dir", "personas_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Ray workers and subprocesses run in other directories than the one that read
+        # the settings: a relative path must mean what it meant here.
+        return value.expanduser().absolute() if value is not None else None
+
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

@@ -9,8 +9,9 @@ from peft import PeftModel
 from kizuna.model.base import load_base_model, load_tokenizer
 from kizuna.model.engine import AdapterNotResidentError, Engine, EngineRequest
 from kizuna.model.generation import SamplingParams, generate
-from kizuna.model.lora import LoraShape, load_adapter, new_adapter, set_strength
+from kizuna.model.lora import load_adapter, set_strength
 from kizuna.model.prompts import prompt_ids, transform_messages
+from support import random_adapter
 
 CPU = torch.device("cpu")
 # fp32 on CPU; the engine sums the same products in a different order than PEFT.
@@ -18,27 +19,12 @@ TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 TEXTS = ["I can help you.", "The meeting moved to Thursday, so you have more time.", "Thanks!"]
 
 
-def _random_adapter(model_dir: Path, directory: Path, *, seed: int, rank: int) -> Path:
-    """A PEFT adapter whose B is non-zero, so it changes the model's output."""
-    model = new_adapter(
-        load_base_model(str(model_dir), device=CPU),
-        LoraShape(rank=rank, alpha=2 * rank, dropout=0.0),
-        seed=seed,
-    )
-    generator = torch.Generator().manual_seed(seed)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
     return {
-        "tsundere": _random_adapter(tiny_model_dir, root / "tsundere", seed=1, rank=8),
-        "airhead": _random_adapter(tiny_model_dir, root / "airhead", seed=2, rank=4),
+        "tsundere": random_adapter(tiny_model_dir, root / "tsundere", seed=1, rank=8),
+        "airhead": random_adapter(tiny_model_dir, root / "airhead", seed=2, rank=4),
     }
 
 

@@ -1,7 +1,7 @@
 """Quantized variants: int8 adapters and an int8 base model on CPU, 4/8-bit bases on CUDA.
 
 - **Adapter, int8** (any device, and the download an edge device fetches): every LoRA
-  factor stored as int8 with one fp32 scale per row (symmetric), in
+  factor stored as int8 with one fp32 scale per rank slice (symmetric), in
   ``adapter_int8.safetensors`` beside the PEFT ``adapter_config.json``. The engine
   dequantizes it when loading, so serving cost is unchanged and the file is ~4× smaller.
 - **Base, int8 on CPU:** PyTorch's dynamic int8 linear layers (x86/fbgemm kernels): the
@@ -33,19 +33,24 @@ _SCALE_SUFFIX = ".int8_scale"
 Quantization = Literal["none", "int8", "bnb-8bit", "bnb-4bit"]
 
 
+def _int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per index of the shorter dimension (the LoRA rank:
+    rows of A, columns of B), so scales cost 4 bytes per rank-long slice, not per row."""
+    matrix = weight.float()
+    axis = 1 if matrix.shape[0] <= matrix.shape[-1] else 0
+    scale = matrix.abs().amax(dim=axis, keepdim=True).clamp(min=1e-12) / 127.0
+    values = torch.round(matrix / scale).clamp(-127, 127).to(torch.int8)
+    return values.contiguous(), scale.contiguous()
+
+
 def quantize_adapter_int8(source: Path, destination: Path) -> Path:
     """Write an int8 copy of the PEFT adapter in ``source`` to ``destination``."""
-    tensors = load_file(str(source / PEFT_WEIGHTS_FILE))
     quantized: dict[str, torch.Tensor] = {}
-    for key, weight in tensors.items():
-        matrix = weight.float().reshape(weight.shape[0], -1)
-        scale = matrix.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        values = torch.round(matrix / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        quantized[key] = values.reshape(weight.shape).contiguous()
-        quantized[key + _SCALE_SUFFIX] = scale.contiguous()
+    for key, weight in load_file(str(source / PEFT_WEIGHTS_FILE)).items():
+        quantized[key], quantized[key + _SCALE_SUFFIX] = _int8(weight)
     destination.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / "adapter_config.json", destination / "adapter_config.json")
-    save_file(quantized, str(destination / INT8_ADAPTER_FILE), metadata={"scheme": "int8-row"})
+    save_file(quantized, str(destination / INT8_ADAPTER_FILE), metadata={"scheme": "int8-rank"})
     return destination
 
 
@@ -56,9 +61,7 @@ def load_lora_tensors(directory: Path) -> dict[str, torch.Tensor]:
         return load_file(str(directory / PEFT_WEIGHTS_FILE))
     stored = load_file(str(int8_file))
     return {
-        key: (values.float().reshape(values.shape[0], -1) * stored[key + _SCALE_SUFFIX][:, None])
-        .reshape(values.shape)
-        .contiguous()
+        key: values.float() * stored[key + _SCALE_SUFFIX]
         for key, values in stored.items()
         if not key.endswith(_SCALE_SUFFIX)
     }

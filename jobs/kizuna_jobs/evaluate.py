@@ -40,6 +40,8 @@ from kizuna.model.quantize import (
     weight_bytes,
 )
 from kizuna.personas import load_profiles
+from kizuna.store.db import open_store, transaction
+from kizuna.store.runs import update_run
 
 INT8_DIR, REPORT_DIR = "int8", "evaluation"
 
@@ -79,6 +81,18 @@ class EvaluationJob:
     training: dict[str, Any]
 
 
+class _StageReporter:
+    """Evaluation stages as the run's message, so the progress bar says what is running."""
+
+    def __init__(self, settings: Settings, run_id: int) -> None:
+        self._sessions = open_store(settings.resolved_database_url)
+        self._run_id = run_id
+
+    def __call__(self, stage: str) -> None:
+        with transaction(self._sessions) as session:
+            update_run(session, run_id=self._run_id, message=f"evaluating: {stage}")
+
+
 def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[str, Any]]:
     """Quantize, evaluate, gate, report and publish the candidate in ``job.checkpoint``."""
     settings = Settings(**job.settings)
@@ -99,6 +113,8 @@ def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[st
         int8_dir = quantize_adapter_int8(bundle, bundle / INT8_DIR)
         sizes["adapter_int8_bytes"] = directory_bytes(int8_dir)
 
+        report_stage = _StageReporter(settings, lineage["run_id"])
+        report_stage("persona classifier (trained once, cached)")
         trained = load_or_train(
             profiles,
             settings.data_dir / "classifier",
@@ -119,6 +135,7 @@ def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[st
             plan,
             Scorers(trained.classifier, ContentSimilarity()),
             quantized_engine=quantized,
+            on_stage=report_stage,
         )
         gates = check_gates(result, settings.gates_for(persona), on_gpu=on_gpu)
         candidate = result.variants[CANDIDATE]

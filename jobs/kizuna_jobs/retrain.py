@@ -496,6 +496,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     progress.started(start_step, plan.steps)
 
     model.train()
+    loop_started, loop_tokens = time.perf_counter(), 0.0
     for step in range(start_step + 1, plan.steps + 1):
         started = time.perf_counter()
         batch = next(batches)
@@ -509,17 +510,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loss = distillation_loss(logits, labels, target, weights)
         student.step(loss)
         tokens = torch.tensor([float(tensors["attention_mask"].sum())], device=device)
-        torch.distributed.all_reduce(tokens)
+        torch.distributed.all_reduce(tokens)  # every worker's tokens: the job's throughput
+        loop_tokens += float(tokens)
         progress.step(
             step, plan.steps, float(loss.detach()), float(tokens) / (time.perf_counter() - started)
         )
         if step % plan.checkpoint_every == 0 or step == plan.steps:
             with tempfile.TemporaryDirectory() as scratch:
                 student.save(Path(scratch), step=step, rank=rank)
-                ray.train.report(
-                    {"step": step, "loss": float(loss.detach())},
-                    checkpoint=ray.train.Checkpoint.from_directory(scratch),
-                )
+                metrics = {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    # Since this attempt started, checkpoint writing included.
+                    "tokens_per_s": loop_tokens / (time.perf_counter() - loop_started),
+                }
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(scratch))
 
 
 # --- the driver ----------------------------------------------------------------------
@@ -561,6 +566,37 @@ def _code_version() -> str:
     return f"{__version__}+g{commit}"
 
 
+def worker_plan(
+    config: RetrainConfig,
+    settings: Settings,
+    pairs: Sequence[Pair],
+    *,
+    warm: Adapter,
+    logit_teacher: str | None,
+    run_id: int | None,
+) -> WorkerPlan:
+    """What every training worker is given for this config."""
+    return WorkerPlan(
+        settings=settings.model_dump(),
+        persona=config.persona,
+        rows=[(p.input, p.target, p.strength) for p in pairs],
+        warm_start_url=warm.artifact_url,
+        warm_start_sha256=warm.sha256,
+        logit_teacher=logit_teacher,
+        strategy=config.trainer.strategy,
+        zero_stage=config.trainer.zero_stage,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        max_length=config.max_length,
+        alpha=config.alpha,
+        temperature=config.temperature,
+        checkpoint_every=config.checkpoint_every,
+        seed=config.seed,
+        run_id=run_id,
+    )
+
+
 @dataclass(frozen=True)
 class RetrainOutcome:
     """What a finished retrain produced."""
@@ -572,9 +608,8 @@ class RetrainOutcome:
     report: dict[str, Any]
 
 
-def _fit(
-    plan: WorkerPlan, config: RetrainConfig, settings: Settings, name: str
-) -> ray.train.Result:
+def fit(plan: WorkerPlan, config: RetrainConfig, settings: Settings, name: str) -> ray.train.Result:
+    """Run the workers under Ray Train; the result holds the last checkpoint and metrics."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
@@ -645,24 +680,8 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
         }
         base_sha256 = warm.lineage.get("base_sha256")
     logit_teacher = logit_teacher_for(config, uses)
-    plan = WorkerPlan(
-        settings=settings.model_dump(),
-        persona=config.persona,
-        rows=[(p.input, p.target, p.strength) for p in pairs],
-        warm_start_url=warm.artifact_url,
-        warm_start_sha256=warm.sha256,
-        logit_teacher=logit_teacher,
-        strategy=config.trainer.strategy,
-        zero_stage=config.trainer.zero_stage,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        max_length=config.max_length,
-        alpha=config.alpha,
-        temperature=config.temperature,
-        checkpoint_every=config.checkpoint_every,
-        seed=config.seed,
-        run_id=run_id,
+    plan = worker_plan(
+        config, settings, pairs, warm=warm, logit_teacher=logit_teacher, run_id=run_id
     )
     try:
         with transaction(sessions) as session:
@@ -672,7 +691,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
         if not ray.is_initialized():
             ray.init(logging_level=logging.WARNING, log_to_driver=False)
         with _show_progress(sessions, run_id):
-            result = _fit(plan, config, settings, name=f"retrain-{config.persona}-run{run_id}")
+            result = fit(plan, config, settings, name=f"retrain-{config.persona}-run{run_id}")
             if result.error is not None or result.checkpoint is None:
                 raise RuntimeError(f"training failed: {result.error}")
             with transaction(sessions) as session:
@@ -720,8 +739,11 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
                 training=training,
                 **config.evaluation.model_dump(),
             )
+            # Training has finished: the evaluation may use the CPUs its workers held
+            # (Ray sets the task's torch threads from num_cpus).
+            cpus = config.trainer.workers * config.trainer.cpus_per_worker
             task = ray.remote(evaluate_and_publish).options(
-                num_cpus=1, num_gpus=1 if config.trainer.use_gpu else 0
+                num_cpus=cpus, num_gpus=1 if config.trainer.use_gpu else 0
             )
             published, report = ray.get(task.remote(job))
         return _register(sessions, run_id, config.persona, published, report, lineage)

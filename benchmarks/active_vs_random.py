@@ -36,14 +36,14 @@ from kizuna.config import Settings
 from kizuna.datasets.corpus import neutral_sentences
 from kizuna.datasets.pairs import split_of
 from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.evaluation.candidate import generate_transforms
 from kizuna.evaluation.classifier import PersonaClassifier, training_texts
 from kizuna.evaluation.metrics import content_preservation, style_accuracy
 from kizuna.model.base import load_base_model, load_tokenizer
-from kizuna.model.engine import Engine, EngineRequest
+from kizuna.model.engine import Engine
 from kizuna.model.finetune import FinetuneArgs, Pair, train_lora
-from kizuna.model.generation import Generation, SamplingParams
+from kizuna.model.generation import Generation
 from kizuna.model.lora import load_adapter
-from kizuna.model.prompts import prompt_ids, transform_messages
 from kizuna.personas import load_profiles
 from kizuna.sampler.selection import Candidate, SamplerConfig, select
 from kizuna.store.adapters import resolve_adapter
@@ -65,20 +65,7 @@ class Scores:
 
 
 def _generate(engine: Engine, adapter: str, texts: Sequence[str], tokens: int) -> list[Generation]:
-    params = SamplingParams(max_new_tokens=tokens)
-    results: list[Generation] = []
-    for start in range(0, len(texts), 16):
-        rows = [
-            EngineRequest(
-                prompt=prompt_ids(engine.tokenizer, transform_messages(text)),
-                mix={adapter: 1.0},
-                strength=STRENGTH,
-                params=params,
-            )
-            for text in texts[start : start + 16]
-        ]
-        results.extend(engine.generate(rows))
-    return results
+    return generate_transforms(engine, [(adapter, text, STRENGTH) for text in texts], tokens)
 
 
 def _train(

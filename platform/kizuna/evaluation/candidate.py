@@ -23,7 +23,7 @@ from kizuna.evaluation.classifier import PersonaClassifier
 from kizuna.evaluation.fluency import perplexity
 from kizuna.evaluation.metrics import content_preservation, distinct_n, style_accuracy
 from kizuna.model.engine import Engine, EngineRequest
-from kizuna.model.generation import SamplingParams
+from kizuna.model.generation import Generation, SamplingParams
 from kizuna.model.prompts import prompt_ids, transform_messages
 from kizuna.personas.schema import PersonaProfile
 from kizuna.teacher.base import StyleRequest
@@ -95,10 +95,12 @@ def heldout_inputs(per_language: int) -> list[str]:
     return [text for pair in zip(english, chinese, strict=True) for text in pair]
 
 
-def _generate(engine: Engine, rows: Sequence[tuple[str, str, float]], tokens: int) -> list[str]:
-    """Greedy outputs for (adapter, input, strength) rows, batched across adapters."""
+def generate_transforms(
+    engine: Engine, rows: Sequence[tuple[str, str, float]], tokens: int
+) -> list[Generation]:
+    """Greedy transforms of (adapter, input, strength) rows, batched across adapters."""
     params = SamplingParams(max_new_tokens=tokens, temperature=0.0)
-    outputs: list[str] = []
+    outputs: list[Generation] = []
     for start in range(0, len(rows), _BATCH):
         requests = [
             EngineRequest(
@@ -109,8 +111,12 @@ def _generate(engine: Engine, rows: Sequence[tuple[str, str, float]], tokens: in
             )
             for adapter, text, strength in rows[start : start + _BATCH]
         ]
-        outputs.extend(generation.text for generation in engine.generate(requests))
+        outputs.extend(engine.generate(requests))
     return outputs
+
+
+def _generate(engine: Engine, rows: Sequence[tuple[str, str, float]], tokens: int) -> list[str]:
+    return [generation.text for generation in generate_transforms(engine, rows, tokens)]
 
 
 def _latencies(engine: Engine, adapter: str, plan: EvaluationPlan) -> tuple[float, float]:

@@ -76,15 +76,18 @@ class CandidateEvaluation:
     variants: dict[str, VariantMetrics]
     #: variant -> strength -> mean persona probability (the monotonicity curve).
     strength_curve: dict[str, dict[float, float]]
+    #: variant -> strength -> style accuracy and content preservation at that strength.
+    by_strength: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """Plain JSON types (strength keys as strings)."""
         data = asdict(self)
-        data["strength_curve"] = {
-            variant: {f"{s:g}": p for s, p in curve.items()}
-            for variant, curve in self.strength_curve.items()
-        }
+        for key in ("strength_curve", "by_strength"):
+            data[key] = {
+                variant: {f"{s:g}": value for s, value in table.items()}
+                for variant, table in getattr(self, key).items()
+            }
         return data
 
 
@@ -204,6 +207,20 @@ def evaluate_candidate(
         }
         for adapter in adapters
     }
+    by_strength = {
+        adapter: {
+            s: {
+                "style_accuracy": style_accuracy(
+                    scorers.classifier, outputs[(adapter, s)], persona.id
+                ),
+                "content_preservation": content_preservation(
+                    scorers.similarity, inputs, outputs[(adapter, s)]
+                ),
+            }
+            for s in plan.strengths
+        }
+        for adapter in adapters
+    }
     samples = [
         {"input": text, **{variant: texts[i] for variant, texts in headline.items()}}
         for i, text in enumerate(inputs[:8])
@@ -214,5 +231,6 @@ def evaluate_candidate(
         inputs=len(inputs),
         variants=variants,
         strength_curve=curve,
+        by_strength=by_strength,
         samples=samples,
     )

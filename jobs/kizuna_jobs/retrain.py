@@ -64,11 +64,12 @@ from kizuna.model.finetune import (
 from kizuna.model.lora import load_adapter, set_strength
 from kizuna.personas import load_profiles
 from kizuna.personas.loader import unknown_persona
+from kizuna.personas.schema import PersonaProfile
 from kizuna.store import adapters as adapter_store
 from kizuna.store import datasets as dataset_store
 from kizuna.store import runs as run_store
 from kizuna.store.db import open_store, transaction
-from kizuna.store.models import Adapter, AdapterStatus, RunKind, RunPhase
+from kizuna.store.models import Adapter, AdapterStatus, Run, RunKind, RunPhase
 from kizuna.teacher.base import LogitTeacher, StyleRequest
 from kizuna.teacher.registry import LOGIT_TEACHERS, build_teacher
 
@@ -403,7 +404,9 @@ class _StoreProgress:
         if self._sessions is None or self._run_id is None:
             return
         with transaction(self._sessions) as session:
-            run = run_store.update_run(session, run_id=self._run_id)
+            run = session.get(Run, self._run_id)
+            if run is None:
+                raise LookupError(f"run {self._run_id} is gone from the store")
             self._history = [h for h in run.metrics.get("history", []) if h["step"] <= start_step]
             attempts = [*run.metrics.get("attempts", []), {"start_step": start_step}]
             run_store.update_run(
@@ -436,7 +439,7 @@ class _StoreProgress:
 
 def _teacher_logits(
     teacher: LogitTeacher | None,
-    persona: Any,
+    persona: PersonaProfile,
     batch: Sequence[Encoded],
     sources: dict[int, Pair],
     labels: torch.Tensor,
@@ -649,8 +652,9 @@ def _show_progress(sessions: sessionmaker[Session], run_id: int) -> Iterator[Non
         def poll() -> None:
             while not stop.wait(1.0):
                 with sessions() as session:
-                    run = run_store.update_run(session, run_id=run_id)
-                    bar.update(task, completed=run.progress, description=run.message)
+                    run = session.get(Run, run_id)
+                    if run is not None:
+                        bar.update(task, completed=run.progress, description=run.message)
 
         thread = threading.Thread(target=poll, daemon=True)
         thread.start()

@@ -54,6 +54,7 @@ def _evaluation(candidate: VariantMetrics = GOOD, **changes: object) -> Candidat
         inputs=4,
         variants=variants,
         strength_curve={CANDIDATE: {0.3: 0.4, 0.6: 0.6, 1.0: 0.9}, STABLE: {0.3: 0.1, 0.6: 0.2}},
+        by_strength={CANDIDATE: {0.3: {"style_accuracy": 0.7, "content_preservation": 0.95}}},
         samples=[{"input": "<b>hi</b>", CANDIDATE: "Hmph, <b>hi</b>"}],
     )
     for key, value in changes.items():
@@ -144,6 +145,7 @@ def test_reports_are_json_and_one_self_contained_html_page(tmp_path: Path) -> No
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "&lt;b&gt;hi&lt;/b&gt;" in page and "<b>hi</b>" not in page
     assert "FAIL" not in page and page.count("PASS") == 8
+    assert "<td>candidate</td><td>0.3</td><td>0.700</td><td>0.950</td>" in page
     assert render_html(stored) == page  # re-rendered from the stored JSON alone
 
 

@@ -141,6 +141,11 @@ class RetrainConfig(BaseModel):
     temperature: float = Field(default=2.0, gt=0)
     checkpoint_every: int = Field(default=8, ge=1)
     max_failures: int = Field(default=2, ge=0, description="Worker-group restarts allowed.")
+    storage_path: str | None = Field(
+        default=None,
+        description="Where Ray Train keeps checkpoints: a path every worker can reach "
+        "(NFS, or s3://… in a cluster); default <data_dir>/ray_results.",
+    )
     seed: int = 0
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
@@ -627,7 +632,7 @@ def fit(plan: WorkerPlan, config: RetrainConfig, settings: Settings, name: str) 
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str((settings.data_dir / "ray_results").resolve()),
+            storage_path=config.storage_path or str((settings.data_dir / "ray_results").resolve()),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),

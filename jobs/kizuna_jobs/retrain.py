@@ -327,7 +327,6 @@ class _Student:
 
     def __init__(self, model: PeftModel, plan: WorkerPlan) -> None:
         self.peft = model
-        self.plan = plan
         trainable = [p for p in model.parameters() if p.requires_grad]
         self._trainable = trainable
         optimizer = torch.optim.AdamW(trainable, lr=plan.learning_rate)

@@ -62,6 +62,7 @@ from kizuna.model.finetune import (
     warmup_linear_decay,
 )
 from kizuna.model.lora import load_adapter, set_strength
+from kizuna.model.quantize import load_lora_tensors
 from kizuna.personas import load_profiles
 from kizuna.personas.loader import unknown_persona
 from kizuna.personas.schema import PersonaProfile
@@ -69,7 +70,7 @@ from kizuna.store import adapters as adapter_store
 from kizuna.store import datasets as dataset_store
 from kizuna.store import runs as run_store
 from kizuna.store.db import open_store, transaction
-from kizuna.store.models import Adapter, AdapterStatus, Run, RunKind, RunPhase
+from kizuna.store.models import Adapter, AdapterStatus, Dataset, Run, RunKind, RunPhase
 from kizuna.teacher.base import LogitTeacher, StyleRequest
 from kizuna.teacher.registry import LOGIT_TEACHERS, build_teacher
 
@@ -200,19 +201,30 @@ class DatasetUse:
     teacher: str | None
 
 
-def _dataset_refs(config: RetrainConfig, session: Session) -> list[tuple[str, int | None]]:
+def _datasets(config: RetrainConfig, session: Session) -> list[Dataset]:
+    """The configured dataset versions, or the default ones that exist, in order."""
     if config.datasets:
-        refs: list[tuple[str, int | None]] = []
+        chosen: list[Dataset] = []
         for ref in config.datasets:
             name, _, version = ref.partition("@")
             if version and not version.isdigit():
                 raise UserError(f"dataset {ref!r}: the version after '@' must be a number")
-            refs.append((name, int(version) if version else None))
-        return refs
+            try:
+                chosen.append(
+                    dataset_store.get_dataset(
+                        session, name=name, version=int(version) if version else None
+                    )
+                )
+            except LookupError as exc:
+                raise UserError(str(exc)) from exc
+        return chosen
     defaults = [f"relabel-{config.persona}", "relabel-all", "parallel-rules"]
-    found: list[tuple[str, int | None]] = [
-        (name, None) for name in defaults if _exists(session, name)
-    ]
+    found: list[Dataset] = []
+    for name in defaults:
+        try:
+            found.append(dataset_store.get_dataset(session, name=name))
+        except LookupError:
+            continue
     if not found:
         raise UserError(
             f"no training data for {config.persona!r}: none of {', '.join(defaults)} exists; "
@@ -221,24 +233,12 @@ def _dataset_refs(config: RetrainConfig, session: Session) -> list[tuple[str, in
     return found
 
 
-def _exists(session: Session, name: str) -> bool:
-    try:
-        dataset_store.get_dataset(session, name=name)
-    except LookupError:
-        return False
-    return True
-
-
 def training_rows(session: Session, config: RetrainConfig) -> tuple[list[Pair], list[DatasetUse]]:
     """The persona's train-split rows, earlier datasets first, at most ``max_rows``."""
     pairs: list[Pair] = []
     uses: list[DatasetUse] = []
     rng = random.Random(config.seed)
-    for name, version in _dataset_refs(config, session):
-        try:
-            dataset = dataset_store.get_dataset(session, name=name, version=version)
-        except LookupError as exc:
-            raise UserError(str(exc)) from exc
+    for dataset in _datasets(config, session):
         rows = [
             Pair(row.input, row.target, float(row.row_metadata.get("strength", 1.0)))
             for row in dataset_store.dataset_rows(session, dataset_id=dataset.id, split="train")
@@ -385,9 +385,8 @@ class _Student:
             )
         else:
             from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
 
-            weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+            weights = load_lora_tensors(directory / "adapter")
             set_peft_model_state_dict(self.peft, weights, adapter_name=ADAPTER_NAME)
             state = torch.load(directory / "optimizer.pt", weights_only=True)
             self._optimizer.load_state_dict(state["optimizer"])
@@ -732,8 +731,9 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
                     "ray_checkpoint": result.checkpoint.path,
                 },
                 "quantization": {
-                    "adapter": "int8, symmetric per rank slice",
-                    "base": "dynamic int8",
+                    "adapter": "int8 variant in int8/: symmetric, one scale per rank slice",
+                    "base": "evaluated on CPU with dynamic int8 linear layers, per channel; "
+                    "LM head and down_proj fp32",
                 },
                 "code_version": _code_version(),
             }

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
-import torch
 
 from kizuna.artifacts import PublishedArtifact, fetch_directory, publish_directory
 from kizuna.config import Settings
@@ -31,12 +30,10 @@ from kizuna.evaluation.candidate import (
 from kizuna.evaluation.classifier import load_or_train
 from kizuna.evaluation.gates import check_gates
 from kizuna.evaluation.report import write_report
-from kizuna.model.base import load_base_model, load_tokenizer
 from kizuna.model.engine import Engine, build_engine
 from kizuna.model.quantize import (
     directory_bytes,
     quantize_adapter_int8,
-    quantize_base_int8,
     weight_bytes,
 )
 from kizuna.personas import load_profiles
@@ -46,21 +43,14 @@ from kizuna.store.runs import update_run
 INT8_DIR, REPORT_DIR = "int8", "evaluation"
 
 
-def _int8_engine(settings: Settings, adapter_dir: Path, sizes: dict[str, int]) -> Engine:
-    """A CPU engine with an int8 base and the int8 adapter; records both base sizes."""
-    base_path = settings.resolved_base_model
-    base = load_base_model(base_path, device=torch.device("cpu"))
-    sizes["base_fp32_bytes"] = weight_bytes(base)
-    engine = Engine(base, load_tokenizer(base_path), max_adapters=1)
-    quantize_base_int8(engine.model)
-    adapter_tables = sum(
+def _base_weight_bytes(engine: Engine) -> int:
+    """The base model's weight bytes, without the engine's adapter slot tables."""
+    tables = sum(
         p.numel() * p.element_size()
         for name, p in engine.model.named_parameters()
         if name.endswith(("lora_a", "lora_b"))
     )
-    sizes["base_int8_bytes"] = weight_bytes(engine.model) - adapter_tables
-    engine.load_adapter(CANDIDATE, adapter_dir)
-    return engine
+    return weight_bytes(engine.model) - tables
 
 
 @dataclass(frozen=True)
@@ -128,7 +118,15 @@ def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[st
                 STABLE, fetch_directory(url, sha256=sha256, cache_dir=settings.adapter_cache_dir)
             )
         on_gpu = engine.device.type == "cuda"
-        quantized = None if on_gpu else _int8_engine(settings, int8_dir, sizes)
+        quantized = None
+        if not on_gpu:  # the int8 base is a CPU serving option (bitsandbytes on CUDA)
+            quantized = build_engine(
+                settings.model_copy(update={"quantization": "int8", "device": "cpu"}),
+                max_adapters=1,
+            )
+            quantized.load_adapter(CANDIDATE, int8_dir)
+            sizes["base_fp32_bytes"] = _base_weight_bytes(engine)
+            sizes["base_int8_bytes"] = _base_weight_bytes(quantized)
         result = evaluate_candidate(
             engine,
             profile,

@@ -182,6 +182,19 @@ def evaluate_candidate(
         )
 
     stage("scoring style, content, diversity and fluency")
+
+    def style_and_content(texts: list[str]) -> dict[str, float]:
+        return {
+            "style_accuracy": style_accuracy(scorers.classifier, texts, persona.id),
+            "style_probability": statistics.mean(
+                scorers.classifier.persona_score(texts, persona.id)
+            ),
+            "content_preservation": content_preservation(scorers.similarity, inputs, texts),
+        }
+
+    # Scored once per (adapter, strength); the headline row, the monotonicity curve and
+    # the per-strength table all read from here.
+    scores = {key: style_and_content(texts) for key, texts in outputs.items()}
     variants: dict[str, VariantMetrics] = {}
     for variant, texts in headline.items():
         latency: tuple[float | None, float | None] = (None, None)
@@ -190,33 +203,19 @@ def evaluate_candidate(
             latency = _latencies(engine, CANDIDATE, plan)
         elif variant == QUANTIZED and quantized_engine is not None:
             latency = _latencies(quantized_engine, CANDIDATE, plan)
+        basic = scores.get((variant, plan.strength)) or style_and_content(texts)
         variants[variant] = VariantMetrics(
-            style_accuracy=style_accuracy(scorers.classifier, texts, persona.id),
-            style_probability=statistics.mean(scorers.classifier.persona_score(texts, persona.id)),
-            content_preservation=content_preservation(scorers.similarity, inputs, texts),
+            **basic,
             distinct_1=distinct_n(texts, 1),
             distinct_2=distinct_n(texts, 2),
             perplexity=perplexity(engine, texts) if any(texts) else None,
             latency_p50_ms=latency[0],
             latency_p95_ms=latency[1],
         )
-    curve = {
-        adapter: {
-            s: statistics.mean(scorers.classifier.persona_score(outputs[(adapter, s)], persona.id))
-            for s in plan.strengths
-        }
-        for adapter in adapters
-    }
+    curve = {a: {s: scores[(a, s)]["style_probability"] for s in plan.strengths} for a in adapters}
     by_strength = {
         adapter: {
-            s: {
-                "style_accuracy": style_accuracy(
-                    scorers.classifier, outputs[(adapter, s)], persona.id
-                ),
-                "content_preservation": content_preservation(
-                    scorers.similarity, inputs, outputs[(adapter, s)]
-                ),
-            }
+            s: {k: scores[(adapter, s)][k] for k in ("style_accuracy", "content_preservation")}
             for s in plan.strengths
         }
         for adapter in adapters

@@ -67,11 +67,6 @@ def load_lora_tensors(directory: Path) -> dict[str, torch.Tensor]:
     }
 
 
-def is_int8_adapter(directory: Path) -> bool:
-    """Whether ``directory`` holds an int8 adapter (which PEFT itself cannot load)."""
-    return (directory / INT8_ADAPTER_FILE).is_file()
-
-
 def quantize_base_int8(
     model: nn.Module, *, keep_fp32: tuple[str, ...] = ("down_proj",)
 ) -> nn.Module:

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,7 +46,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
-from kizuna import __version__
 from kizuna.artifacts import PublishedArtifact, fetch_directory
 from kizuna.config import Settings
 from kizuna.model.distill import DistillationWeights, distillation_loss
@@ -73,6 +71,7 @@ from kizuna.store.db import open_store, transaction
 from kizuna.store.models import Adapter, AdapterStatus, Dataset, Run, RunKind, RunPhase
 from kizuna.teacher.base import LogitTeacher, StyleRequest
 from kizuna.teacher.registry import LOGIT_TEACHERS, build_teacher
+from kizuna.version import code_version
 
 console = Console(stderr=True)
 ADAPTER_NAME = "default"
@@ -558,21 +557,6 @@ def prepare_deepspeed_ops() -> None:
         accelerator.create_op_builder("ShareMemCommBuilder").load()
 
 
-def _code_version() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+g{commit}"
-
-
 def worker_plan(
     config: RetrainConfig,
     settings: Settings,
@@ -735,7 +719,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
                     "base": "evaluated on CPU with dynamic int8 linear layers, per channel; "
                     "LM head and down_proj fp32",
                 },
-                "code_version": _code_version(),
+                "code_version": code_version(),
             }
             from kizuna_jobs.evaluate import EvaluationJob, evaluate_and_publish
 

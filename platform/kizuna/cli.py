@@ -39,7 +39,9 @@ app = typer.Typer(
 personas_app = typer.Typer(help="Personality profiles.", no_args_is_help=True)
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 corpus_app = typer.Typer(help="The shipped neutral corpus and its parallel corpus.")
+device_app = typer.Typer(help="Fleet devices for federated learning.", no_args_is_help=True)
 app.add_typer(personas_app, name="personas")
+app.add_typer(device_app, name="device")
 app.add_typer(db_app, name="db")
 app.add_typer(corpus_app, name="corpus")
 
@@ -415,6 +417,199 @@ def retrain(
         status = subprocess.run(command, check=False).returncode
     finally:
         Path(handle.name).unlink(missing_ok=True)
+    if status != 0:
+        raise typer.Exit(status)
+
+
+@app.command()
+def federate(
+    persona: Persona,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 2,
+    mode: Annotated[str, typer.Option(help="secure (SecAgg+) or robust.")] = "secure",
+    rule: Annotated[
+        str, typer.Option(help="robust mode's rule: trimmed-mean, median, krum, fedavg.")
+    ] = "trimmed-mean",
+    superlink: Annotated[
+        str | None, typer.Option(help="A running SuperLink's HOST:PORT (cluster mode).")
+    ] = None,
+    local_devices: Annotated[
+        int | None,
+        typer.Option(min=2, help="Start a local SuperLink and this many simulated devices."),
+    ] = None,
+    noise_multiplier: Annotated[float, typer.Option(min=0.0, help="DP noise multiplier.")] = 1.0,
+    clipping_norm: Annotated[float, typer.Option(min=0.0, help="Update L2 bound.")] = 1.0,
+    local_steps: Annotated[int, typer.Option(min=1, help="Training steps per device.")] = 4,
+    min_devices: Annotated[int, typer.Option(min=2, help="Fewest devices for a round.")] = 2,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")
+    ] = None,
+) -> None:
+    """Improve a persona's adapter on fleet devices with Flower; registers a candidate.
+
+    With --local-devices N everything runs here: a SuperLink, N simulated devices (each
+    with its own data dir and store), the rounds, then a clean shutdown.
+    """
+    import threading
+
+    from kizuna.federation.config import FederationConfig
+    from kizuna.federation.deployment import flwr_run, kizuna_environment, local_federation
+    from kizuna.federation.devices import simulate_devices
+    from kizuna.personas import load_profiles
+    from kizuna.store import runs as run_store
+    from kizuna.store.adapters import stable_adapter
+    from kizuna.store.db import open_store, transaction
+    from kizuna.store.models import Run, RunKind
+
+    if (superlink is None) == (local_devices is None):
+        raise ValueError("give either --superlink HOST:PORT or --local-devices N")
+    config = settings()
+    profiles = load_profiles(config.resolved_personas_dir)
+    if persona not in profiles:
+        from kizuna.personas.loader import unknown_persona
+
+        raise unknown_persona(persona, profiles)
+    job = FederationConfig.model_validate(
+        {
+            "persona": persona,
+            "rounds": rounds,
+            "mode": mode,
+            "rule": rule,
+            "noise_multiplier": noise_multiplier,
+            "clipping_norm": clipping_norm,
+            "local_steps": local_steps,
+            "min_devices": min(min_devices, local_devices or min_devices),
+        }
+    )
+    factory = open_store(config.resolved_database_url)
+    with transaction(factory) as session:
+        stable_adapter(session, persona=persona)  # fail before starting anything
+        run_id = run_store.create_run(
+            session, kind=RunKind.FEDERATED, persona=persona, config=job.model_dump()
+        ).id
+    job = job.model_copy(update={"run_id": run_id})
+    work_dir = config.data_dir / "federation" / f"run-{run_id}"
+    env = kizuna_environment(config)
+    result: list[Any] = []
+
+    def launch() -> None:
+        if local_devices is None:
+            assert superlink is not None
+            result.append(
+                flwr_run(
+                    superlink,
+                    job,
+                    env=env,
+                    work_dir=work_dir,
+                    root_certificates=root_certificates,
+                )
+            )
+            return
+        devices = simulate_devices(
+            config.data_dir / "devices",
+            count=local_devices,
+            profiles=list(profiles.values()),
+            base_model=config.resolved_base_model,
+        )
+        with local_federation(config, work_dir) as federation:
+            for device in devices:
+                federation.start_supernode(device)
+            result.append(federation.run(job, env=env))
+
+    worker = threading.Thread(target=launch, daemon=True)
+    worker.start()
+    with _bar() as bar:
+        task = bar.add_task(f"federate {persona} ({mode})", total=rounds, note="starting")
+        while worker.is_alive():
+            worker.join(timeout=1.0)
+            with factory() as session:
+                run = session.get(Run, run_id)
+                assert run is not None
+                bar.update(task, completed=round(run.progress * rounds), note=run.message)
+    with factory() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        rounds_done = run_store.rounds_of(session, run_id=run_id)
+    table = Table("round", "participants", "rejected", "seconds", "ε", "note")
+    for record in rounds_done:
+        seconds = float(record.details.get("seconds", 0.0))
+        reasons = "; ".join(f"{r['device']}: {r['reason']}" for r in record.rejected)
+        table.add_row(
+            str(record.round_number),
+            str(record.participants),
+            str(len(record.rejected)),
+            f"{seconds:.1f}",
+            f"{record.epsilon:.3g}" if record.epsilon is not None else "-",
+            reasons or str(record.details.get("note", "")),
+        )
+    out.print(table)
+    if run.phase.value != "succeeded":
+        flower = result[0] if result else None
+        if flower is not None:
+            err.print(flower.stdout[-4000:], markup=False, highlight=False)
+        err.print(f"error: federated run {run_id} {run.phase.value}: {run.message}")
+        raise typer.Exit(1)
+    out.print(f"run {run_id}: {run.message}")
+
+
+@device_app.command("simulate")
+def device_simulate(
+    devices: Annotated[int, typer.Option(min=1, help="How many devices.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where; default: <data dir>/devices.")
+    ] = None,
+    interactions: Annotated[int, typer.Option(min=1, help="Interactions per device.")] = 48,
+    keep_sent_updates: Annotated[
+        bool, typer.Option(help="Devices keep a copy of every update they send.")
+    ] = False,
+) -> None:
+    """Create simulated devices, each with its own data dir and interaction store."""
+    from kizuna.federation.devices import simulate_devices
+    from kizuna.personas import load_profiles
+
+    config = settings()
+    profiles = load_profiles(config.resolved_personas_dir)
+    root = out_dir or config.data_dir / "devices"
+    created = simulate_devices(
+        root,
+        count=devices,
+        profiles=list(profiles.values()),
+        base_model=config.resolved_base_model,
+        interactions=interactions,
+        keep_sent_updates=keep_sent_updates,
+    )
+    for directory in created:
+        out.print(str(directory), soft_wrap=True)
+
+
+@device_app.command("run")
+def device_run(
+    data_dir: Annotated[Path, typer.Option(help="The device's data dir (with device.json).")],
+    superlink: Annotated[str, typer.Option(help="The SuperLink's HOST:PORT.")],
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA certificate of a TLS SuperLink; else insecure.")
+    ] = None,
+    auth_key: Annotated[
+        Path | None, typer.Option(help="The device's private key for node authentication.")
+    ] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Local ClientApp API port.")] = 9094,
+) -> None:
+    """Run this device's Flower SuperNode with Kizuna's ClientApp until stopped."""
+    import subprocess
+
+    from kizuna.federation.deployment import supernode_command
+    from kizuna.federation.manifest import DeviceManifest
+
+    manifest = DeviceManifest.read(data_dir)
+    command = supernode_command(
+        data_dir.resolve(),
+        superlink=superlink,
+        port=port,
+        insecure=root_certificates is None,
+        root_certificates=root_certificates,
+        auth_key=auth_key,
+    )
+    err.print(f"device {manifest.device_id} → {superlink}")
+    status = subprocess.run(command, check=False).returncode
     if status != 0:
         raise typer.Exit(status)
 

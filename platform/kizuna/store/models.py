@@ -266,6 +266,9 @@ class FederatedRound(Base):
     )
     update_norms: Mapped[list[float]] = mapped_column(JSON, default=list)
     epsilon: Mapped[float | None] = mapped_column(Float, comment="cumulative ε after this round")
+    details: Mapped[JsonDict] = mapped_column(
+        default=dict, comment="mode, rule, noise std, dropped devices, why a round stopped"
+    )
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
 

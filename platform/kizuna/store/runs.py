@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -80,8 +81,11 @@ def record_round(
     update_norms: list[float],
     rejected: list[JsonDict] | None = None,
     epsilon: float | None = None,
+    details: JsonDict | None = None,
+    started_at: datetime | None = None,
 ) -> FederatedRound:
     """Record one finished federated round of a run."""
+    finished = utcnow()
     record = FederatedRound(
         run_id=run_id,
         round_number=round_number,
@@ -89,7 +93,9 @@ def record_round(
         update_norms=update_norms,
         rejected=rejected or [],
         epsilon=epsilon,
-        finished_at=utcnow(),
+        details=details or {},
+        started_at=started_at or finished,
+        finished_at=finished,
     )
     session.add(record)
     session.flush()

@@ -1,0 +1,234 @@
+"""Flower's Deployment Engine on one machine: a SuperLink, SuperNodes, ``flwr run``.
+
+``kizuna federate --local-devices N`` and the integration tests use this; a cluster runs
+the same processes (the chart's SuperLink, devices' ``kizuna device run``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kizuna.config import Settings
+from kizuna.federation.config import FederationConfig
+
+APP_DIR = Path(__file__).parent / "app"
+
+
+def _executable(name: str) -> str:
+    """A Flower command from this interpreter's environment (or PATH)."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(address: str, *, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
+    """Block until something listens on ``host:port``; fail if ``process`` dies first."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, int(port))) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {address} after {timeout_s:.0f} s")
+
+
+def kizuna_environment(settings: Settings) -> dict[str, str]:
+    """The environment a ServerApp needs to reach this install's store and artifacts."""
+    env = dict(os.environ)
+    env.update(
+        KIZUNA_DATA_DIR=str(settings.data_dir),
+        KIZUNA_DATABASE_URL=settings.resolved_database_url,
+        KIZUNA_ARTIFACT_URL=settings.resolved_artifact_url,
+        KIZUNA_BASE_MODEL=settings.base_model,
+        KIZUNA_DEVICE=settings.device,
+    )
+    if settings.personas_dir is not None:
+        env["KIZUNA_PERSONAS_DIR"] = str(settings.personas_dir)
+    return env
+
+
+def stop(process: subprocess.Popen[bytes], *, grace_s: float = 10.0) -> None:
+    """Stop a process and its children (each is started in its own session)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process and its children at once (a device losing power)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait()
+
+
+@dataclass
+class LocalFederation:
+    """A running SuperLink and SuperNodes; logs go to ``work_dir``."""
+
+    work_dir: Path
+    superlink_address: str
+    superlink: subprocess.Popen[bytes]
+    supernodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def node_log(self, index: int) -> Path:
+        """The log file of SuperNode ``index``."""
+        return self.work_dir / f"supernode-{index}.log"
+
+    def start_supernode(self, data_dir: Path) -> subprocess.Popen[bytes]:
+        """Start one device's SuperNode against this SuperLink."""
+        index = len(self.supernodes)
+        command = supernode_command(
+            data_dir, superlink=self.superlink_address, port=free_port(), insecure=True
+        )
+        with self.node_log(index).open("wb") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.supernodes.append(process)
+        return process
+
+    def run(
+        self, config: FederationConfig, *, env: Mapping[str, str], timeout_s: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run`` the Kizuna app against this SuperLink; waits until the run ends."""
+        return flwr_run(
+            self.superlink_address, config, env=env, work_dir=self.work_dir, timeout_s=timeout_s
+        )
+
+    def close(self) -> None:
+        """Stop every SuperNode, then the SuperLink."""
+        for process in self.supernodes:
+            stop(process)
+        stop(self.superlink)
+
+
+def flwr_run(
+    superlink: str,
+    config: FederationConfig,
+    *,
+    env: Mapping[str, str],
+    work_dir: Path,
+    root_certificates: Path | None = None,
+    timeout_s: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``flwr run`` the Kizuna app with ``config`` on the SuperLink at ``superlink``."""
+    home = work_dir / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    security = (
+        f'root-certificates = "{root_certificates}"'
+        if root_certificates is not None
+        else "insecure = true"
+    )
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "kizuna"\n\n[superlink.kizuna]\n'
+        f'address = "{superlink}"\n{security}\n',
+        encoding="utf-8",
+    )
+    command = [
+        _executable("flwr"),
+        "run",
+        str(APP_DIR),
+        "kizuna",
+        "--run-config",
+        config.overrides(),
+        "--stream",
+    ]
+    return subprocess.run(
+        command,
+        env={**env, "FLWR_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def supernode_command(
+    data_dir: Path,
+    *,
+    superlink: str,
+    port: int,
+    insecure: bool,
+    root_certificates: Path | None = None,
+    auth_key: Path | None = None,
+) -> list[str]:
+    """The ``flower-supernode`` command line of one device."""
+    command = [
+        _executable("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--port",
+        str(port),
+        "--node-config",
+        f"data-dir='{data_dir}'",
+    ]
+    if insecure:
+        command.append("--insecure")
+    if root_certificates is not None:
+        command += ["--root-certificates", str(root_certificates)]
+    if auth_key is not None:
+        command += ["--auth-supernode-private-key", str(auth_key)]
+    return command
+
+
+@contextmanager
+def local_federation(settings: Settings, work_dir: Path) -> Iterator[LocalFederation]:
+    """A SuperLink on loopback whose ServerApps see this install's store; stopped on exit."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    command = [
+        _executable("flower-superlink"),
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(work_dir / "superlink.db"),
+        # The ServerApp is the installed kizuna package: nothing to install per run.
+        "--disable-runtime-dependency-installation",
+    ]
+    with (work_dir / "superlink.log").open("wb") as log:
+        superlink = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=kizuna_environment(settings),
+            start_new_session=True,
+        )
+    federation = LocalFederation(work_dir=work_dir, superlink_address=address, superlink=superlink)
+    try:
+        wait_for_port(address, timeout_s=60, process=superlink)
+        yield federation
+    finally:
+        federation.close()

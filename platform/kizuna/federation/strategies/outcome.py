@@ -1,0 +1,19 @@
+"""What one round of update collection produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kizuna.federation.updates import Arrays, Rejection
+
+
+@dataclass
+class RoundOutcome:
+    """The combined update (None when the round could not complete) and its bookkeeping."""
+
+    aggregate: Arrays | None
+    participants: int
+    rejected: list[Rejection] = field(default_factory=list)
+    #: Norms of the individual updates; empty in ``secure`` mode, where none is visible.
+    update_norms: list[float] = field(default_factory=list)
+    note: str = ""

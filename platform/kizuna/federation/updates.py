@@ -1,0 +1,89 @@
+"""LoRA updates as they travel: a fixed tensor order, validation and L2 clipping.
+
+Both sides use these: a device clips what it sends; the server checks everything it can
+see (every update in ``robust`` mode, the aggregate in ``secure`` mode) before it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
+from numpy.typing import NDArray
+
+Arrays = list[NDArray[np.float32]]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An update that was not aggregated, and why."""
+
+    device: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """The tensor names, shapes and dtype of an adapter: what every update must match."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, torch.Tensor]) -> AdapterLayout:
+        """The layout of a PEFT state dict, in sorted-name order."""
+        names = tuple(sorted(tensors))
+        return cls(names=names, shapes=tuple(tuple(tensors[n].shape) for n in names))
+
+    def arrays(self, tensors: Mapping[str, torch.Tensor]) -> Arrays:
+        """The tensors as float32 arrays in layout order."""
+        return [tensors[name].detach().float().cpu().numpy().copy() for name in self.names]
+
+    def tensors(self, arrays: Sequence[NDArray[np.floating]]) -> dict[str, torch.Tensor]:
+        """Arrays in layout order back to a named state dict (float32)."""
+        return {
+            name: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            for name, array in zip(self.names, arrays, strict=True)
+        }
+
+    def problem(
+        self, arrays: Sequence[NDArray[np.generic]], *, max_norm: float | None
+    ) -> str | None:
+        """Why ``arrays`` cannot be used as an update of this adapter, or None."""
+        if len(arrays) != len(self.names):
+            return f"expected {len(self.names)} tensors, got {len(arrays)}"
+        for name, shape, array in zip(self.names, self.shapes, arrays, strict=True):
+            if not np.issubdtype(array.dtype, np.floating):
+                return f"{name}: dtype {array.dtype} is not floating point"
+            if tuple(array.shape) != shape:
+                return f"{name}: shape {tuple(array.shape)} does not match {shape}"
+            if not np.isfinite(array).all():
+                return f"{name}: holds NaN or Inf"
+        if max_norm is not None:
+            norm = l2_norm(arrays)
+            if norm > max_norm:
+                return f"L2 norm {norm:.4g} exceeds the bound {max_norm:.4g}"
+        return None
+
+
+def l2_norm(arrays: Sequence[NDArray[np.generic]]) -> float:
+    """The L2 norm of all arrays flattened together."""
+    return get_norm(list(arrays))
+
+
+def clipped(arrays: Sequence[NDArray[np.floating]], max_norm: float) -> Arrays:
+    """A copy of ``arrays`` scaled down to L2 norm ``max_norm`` if it is longer."""
+    copies = [np.array(array, dtype=np.float32) for array in arrays]
+    if l2_norm(copies) > 0:
+        clip_inputs_inplace(copies, max_norm)
+    return copies
+
+
+def difference(
+    after: Sequence[NDArray[np.floating]], before: Sequence[NDArray[np.floating]]
+) -> Arrays:
+    """``after - before`` tensor by tensor, float32."""
+    return [np.subtract(a, b, dtype=np.float32) for a, b in zip(after, before, strict=True)]

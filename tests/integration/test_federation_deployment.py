@@ -1,0 +1,127 @@
+"""Flower's Deployment Engine on loopback: a real SuperLink, five SuperNodes, SecAgg+ with
+DP for two rounds while one device is killed mid-round (tiny model, real everything)."""
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from kizuna.bootstrap import bootstrap
+from kizuna.config import Settings
+from kizuna.federation.config import FederationConfig
+from kizuna.federation.deployment import kill, kizuna_environment, local_federation
+from kizuna.federation.devices import simulate_devices
+from kizuna.federation.manifest import SENT_UPDATES_DIR
+from kizuna.federation.server_app import aggregates_dir
+from kizuna.model.finetune import FinetuneArgs
+from kizuna.personas import load_profiles
+from kizuna.store.adapters import list_adapters
+from kizuna.store.db import open_store
+from kizuna.store.models import AdapterStatus, Run, RunPhase
+from kizuna.store.runs import rounds_of
+from support import QuietProgress
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DEVICES = 5
+VICTIM = 2
+
+
+@pytest.fixture
+def installed(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir), device="cpu")
+    bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
+    return settings
+
+
+def _training_started(log: Path) -> bool:
+    """SecAgg+ round 1: setup, key sharing, then the third message trains."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return len(re.findall(r"Start `flwr-clientapp` process", text)) >= 3
+
+
+def test_secure_rounds_survive_a_killed_device(installed: Settings, tmp_path: Path) -> None:
+    devices = simulate_devices(
+        tmp_path / "devices",
+        count=DEVICES,
+        profiles=[load_profiles()["tsundere"]],
+        base_model=installed.base_model,
+        interactions=16,
+        keep_sent_updates=True,
+    )
+    config = FederationConfig(
+        persona="tsundere",
+        rounds=2,
+        mode="secure",
+        local_steps=2,
+        min_devices=3,
+        noise_multiplier=0.5,
+        clipping_norm=0.05,
+        record_aggregates=True,
+        stage_timeout_s=240,
+    )
+    killed_at: list[float] = []
+    with local_federation(installed, tmp_path / "flower") as federation:
+        for device in devices:
+            federation.start_supernode(device)
+
+        def kill_victim_mid_training() -> None:
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline and not _training_started(
+                federation.node_log(VICTIM)
+            ):
+                time.sleep(0.2)
+            time.sleep(1.0)  # inside local training
+            kill(federation.supernodes[VICTIM])
+            killed_at.append(time.monotonic())
+
+        killer = threading.Thread(target=kill_victim_mid_training, daemon=True)
+        killer.start()
+        result = federation.run(config, env=kizuna_environment(installed), timeout_s=840)
+        killer.join(timeout=5)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert killed_at, "the victim never started training"
+
+    sessions = open_store(installed.resolved_database_url)
+    with sessions() as session:
+        run = session.query(Run).order_by(Run.id.desc()).first()
+        assert run is not None and run.phase == RunPhase.SUCCEEDED, run and run.message
+        rounds = rounds_of(session, run_id=run.id)
+        candidate = list_adapters(session, persona="tsundere")[-1]
+    assert [r.round_number for r in rounds] == [1, 2]
+    assert all(r.details["completed"] for r in rounds)
+    assert rounds[0].participants == DEVICES - 1  # the round completed without the victim
+    assert rounds[1].participants == DEVICES - 1
+    assert rounds[0].update_norms == []  # secure mode: no individual update is visible
+    assert candidate.status == AdapterStatus.CANDIDATE
+    assert candidate.lineage["source"] == "federated"
+    assert candidate.lineage["rounds"] == [1, 2]
+    assert candidate.lineage["epsilon"] == pytest.approx(rounds[1].epsilon)
+    assert 0 < candidate.lineage["epsilon"] < float("inf")
+    assert rounds[0].epsilon is not None and rounds[0].epsilon < rounds[1].epsilon
+
+    # The SecAgg+ aggregate is the plain mean of what the surviving devices sent,
+    # to within SecAgg+'s quantization step.
+    step = 2 * config.clipping_norm / config.quantization_range
+    victim_name = f"run-{run.id}-round-1.safetensors"
+    assert not (devices[VICTIM] / SENT_UPDATES_DIR / victim_name).exists()
+    for round_number in (1, 2):
+        name = f"run-{run.id}-round-{round_number}.safetensors"
+        sent = [
+            load_file(d / SENT_UPDATES_DIR / name)
+            for d in devices
+            if (d / SENT_UPDATES_DIR / name).exists()
+        ]
+        assert len(sent) == DEVICES - 1
+        aggregate = load_file(
+            aggregates_dir(installed, run.id) / f"round-{round_number}.safetensors"
+        )
+        worst = max(
+            float(np.abs(aggregate[key] - np.mean([s[key] for s in sent], axis=0)).max())
+            for key in aggregate
+        )
+        assert worst <= step * 1.001, (round_number, worst, step)
+        assert max(float(np.abs(v).max()) for v in aggregate.values()) > 10 * step

@@ -427,8 +427,9 @@ def federate(
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 2,
     mode: Annotated[str, typer.Option(help="secure (SecAgg+) or robust.")] = "secure",
     rule: Annotated[
-        str, typer.Option(help="robust mode's rule: trimmed-mean, median, krum, fedavg.")
-    ] = "trimmed-mean",
+        str,
+        typer.Option(help="robust mode's rule: multi-krum, krum, trimmed-mean, median, fedavg."),
+    ] = "multi-krum",
     superlink: Annotated[
         str | None, typer.Option(help="A running SuperLink's HOST:PORT (cluster mode).")
     ] = None,

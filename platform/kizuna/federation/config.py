@@ -22,7 +22,7 @@ class FederationConfig(BaseModel):
     rounds: int = Field(default=2, ge=1, le=1000)
     mode: Mode = "secure"
     #: Robust mode's aggregation rule, by registered name (see ``strategies``).
-    rule: str = "trimmed-mean"
+    rule: str = "multi-krum"
     trim_fraction: float = Field(default=0.2, ge=0.0, lt=0.5)
     #: Krum's assumed number of malicious devices.
     byzantine: int = Field(default=1, ge=0)

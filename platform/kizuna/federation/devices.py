@@ -31,6 +31,7 @@ def simulate_devices(
     interactions: int = 48,
     seed: int = 0,
     keep_sent_updates: bool = False,
+    strengths: Sequence[float] = CORPUS_STRENGTHS,
 ) -> list[Path]:
     """Create ``count`` device dirs ``root/device-000`` … with their own interactions."""
     if count < 1:
@@ -51,7 +52,7 @@ def simulate_devices(
         with transaction(factory) as session:
             for _ in range(interactions):
                 profile = rng.choice(list(profiles))
-                strength = rng.choice(CORPUS_STRENGTHS)
+                strength = rng.choice(strengths)
                 text = rng.choice(sentences)
                 record = InteractionRecord(
                     public_id=uuid.UUID(int=rng.getrandbits(128)).hex,

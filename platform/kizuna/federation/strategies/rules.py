@@ -10,6 +10,9 @@ be calibrated to the rule actually used:
   norms of all updates, ``2C·√n / k``.
 - ``median``: the same bound with ``k = 1``, ``2C·√n``.
 - ``krum``: the output is one update, so it can change to any other, ``2C``.
+- ``multi-krum`` (the default): the mean of the ``n − f`` updates with the best Krum
+  scores (``f`` = ``byzantine``), so far-off updates are dropped whole and the rest are
+  averaged. Any mean of updates inside the ``C``-ball stays inside it: ``2C``.
 
 The robust rules are much more sensitive than the mean: privacy costs more noise there,
 which is the price of seeing individual updates to reject bad ones.
@@ -62,6 +65,11 @@ def _krum(updates: list[Arrays], _trim: float, byzantine: int) -> Arrays:
     return _as_float32(aggregate_krum([(update, 1) for update in updates], byzantine, 0))
 
 
+def _multi_krum(updates: list[Arrays], _trim: float, byzantine: int) -> Arrays:
+    keep = max(1, len(updates) - byzantine)
+    return _as_float32(aggregate_krum([(update, 1) for update in updates], byzantine, keep))
+
+
 def _kept(n: int, trim: float) -> int:
     return max(1, n - 2 * int(trim * n))
 
@@ -75,6 +83,7 @@ RULES: dict[str, AggregationRule] = {
         ),
         AggregationRule("median", _median, lambda n, _trim: 2.0 * math.sqrt(n)),
         AggregationRule("krum", _krum, lambda _n, _trim: 2.0),
+        AggregationRule("multi-krum", _multi_krum, lambda _n, _trim: 2.0),
     )
 }
 

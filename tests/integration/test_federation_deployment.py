@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import kizuna
 from safetensors.numpy import load_file
 
 from kizuna.bootstrap import bootstrap
@@ -15,14 +16,16 @@ from kizuna.config import Settings
 from kizuna.federation.config import FederationConfig
 from kizuna.federation.deployment import kill, kizuna_environment, local_federation
 from kizuna.federation.devices import simulate_devices
-from kizuna.federation.manifest import SENT_UPDATES_DIR
+from kizuna.federation.manifest import SENT_UPDATES_DIR, DeviceManifest
 from kizuna.federation.server_app import aggregates_dir
+from kizuna.federation.task import local_pairs
 from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
 from kizuna.store.adapters import list_adapters
 from kizuna.store.db import open_store
 from kizuna.store.models import AdapterStatus, Run, RunPhase
 from kizuna.store.runs import rounds_of
+from kizuna_jobs.retrain import RetrainConfig, warm_start_adapter
 from support import QuietProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -125,3 +128,71 @@ def test_secure_rounds_survive_a_killed_device(installed: Settings, tmp_path: Pa
         )
         assert worst <= step * 1.001, (round_number, worst, step)
         assert max(float(np.abs(v).max()) for v in aggregate.values()) > 10 * step
+
+
+def test_federate_command_runs_local_devices_end_to_end(installed: Settings) -> None:
+    env = {
+        "KIZUNA_DATA_DIR": str(installed.data_dir),
+        "KIZUNA_BASE_MODEL": installed.base_model,
+        "KIZUNA_DEVICE": "cpu",
+    }
+    result = kizuna(
+        "federate",
+        "--persona",
+        "tsundere",
+        "--rounds",
+        "1",
+        "--mode",
+        "robust",
+        "--local-devices",
+        "3",
+        "--local-steps",
+        "1",
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "registered tsundere v2 (candidate); ε = " in result.stdout
+    assert len(list((installed.data_dir / "devices").glob("device-*/device.json"))) == 3
+    with open_store(installed.resolved_database_url)() as session:
+        federated = warm_start_adapter(
+            session, RetrainConfig(persona="tsundere", warm_start="federated")
+        )
+        (round_one,) = rounds_of(session, run_id=federated.lineage["run_id"])
+    # The retrain job warm-starts from what the fleet produced.
+    assert federated.version == 2 and federated.lineage["mode"] == "robust"
+    assert federated.lineage["aggregation"] == "multi-krum"
+    assert round_one.participants == 3 and len(round_one.update_norms) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["federate", "--persona", "tsundere"], "either --superlink HOST:PORT or --local-devices"),
+        (["federate", "--persona", "nobody", "--local-devices", "2"], "nobody"),
+        (
+            ["federate", "--persona", "tsundere", "--local-devices", "2", "--rule", "mean"],
+            "unknown aggregation rule",
+        ),
+        (["device", "run", "--data-dir", ".", "--superlink", "127.0.0.1:1"], "device.json"),
+    ],
+)
+def test_bad_federation_input_is_one_error_line(
+    installed: Settings, args: list[str], message: str
+) -> None:
+    result = kizuna(*args, env={"KIZUNA_DATA_DIR": str(installed.data_dir)})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_device_simulate_creates_device_stores(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "fleet"
+    env = {"KIZUNA_DATA_DIR": str(tmp_path / "data"), "KIZUNA_BASE_MODEL": str(tiny_model_dir)}
+    result = kizuna("device", "simulate", "--devices", "2", "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    for index in range(2):
+        directory = out / f"device-{index:03d}"
+        assert DeviceManifest.read(directory).base_model == str(tiny_model_dir)
+        assert local_pairs(directory, persona="tsundere", limit=100) or local_pairs(
+            directory, persona="cool", limit=100
+        )

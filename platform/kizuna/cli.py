@@ -511,7 +511,7 @@ def federate(
             profiles=list(profiles.values()),
             base_model=config.resolved_base_model,
         )
-        with local_federation(config, work_dir) as federation:
+        with local_federation(config, work_dir, authenticate=True) as federation:
             for device in devices:
                 federation.start_supernode(device)
             result.append(federation.run(job, env=env))
@@ -582,6 +582,20 @@ def device_simulate(
         out.print(str(directory), soft_wrap=True)
 
 
+@device_app.command("keygen")
+def device_keygen(
+    data_dir: Annotated[Path, typer.Option(help="The device's data dir (with device.json).")],
+) -> None:
+    """Make the device's authentication key pair; register the public key on the SuperLink
+    with `flwr supernode register <data-dir>/device.pub`."""
+    from kizuna.federation.credentials import create_device_key
+    from kizuna.federation.manifest import DeviceManifest
+
+    DeviceManifest.read(data_dir)
+    _, public = create_device_key(data_dir)
+    out.print(str(public), soft_wrap=True)
+
+
 @device_app.command("run")
 def device_run(
     data_dir: Annotated[Path, typer.Option(help="The device's data dir (with device.json).")],
@@ -590,17 +604,22 @@ def device_run(
         Path | None, typer.Option(help="CA certificate of a TLS SuperLink; else insecure.")
     ] = None,
     auth_key: Annotated[
-        Path | None, typer.Option(help="The device's private key for node authentication.")
+        Path | None,
+        typer.Option(help="Private key for node authentication; default: <data-dir>/device.key."),
     ] = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Local ClientApp API port.")] = 9094,
 ) -> None:
     """Run this device's Flower SuperNode with Kizuna's ClientApp until stopped."""
     import subprocess
 
+    from kizuna.federation.credentials import DEVICE_KEY_FILE
     from kizuna.federation.deployment import supernode_command
     from kizuna.federation.manifest import DeviceManifest
 
     manifest = DeviceManifest.read(data_dir)
+    default_key = data_dir / DEVICE_KEY_FILE
+    if auth_key is None and default_key.is_file():
+        auth_key = default_key
     command = supernode_command(
         data_dir.resolve(),
         superlink=superlink,

@@ -2,6 +2,7 @@
 DP for two rounds while one device is killed mid-round (tiny model, real everything)."""
 
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,15 @@ from safetensors.numpy import load_file
 from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
 from kizuna.federation.config import FederationConfig
-from kizuna.federation.deployment import kill, kizuna_environment, local_federation
+from kizuna.federation.credentials import DEVICE_KEY_FILE, create_device_key
+from kizuna.federation.deployment import (
+    free_port,
+    kill,
+    kizuna_environment,
+    local_federation,
+    stop,
+    supernode_command,
+)
 from kizuna.federation.devices import simulate_devices
 from kizuna.federation.manifest import SENT_UPDATES_DIR, DeviceManifest
 from kizuna.federation.server_app import aggregates_dir
@@ -196,3 +205,47 @@ def test_device_simulate_creates_device_stores(tmp_path: Path, tiny_model_dir: P
         assert local_pairs(directory, persona="tsundere", limit=100) or local_pairs(
             directory, persona="cool", limit=100
         )
+
+
+def test_only_registered_devices_join_an_authenticating_superlink(
+    installed: Settings, tmp_path: Path
+) -> None:
+    devices = simulate_devices(
+        tmp_path / "devices",
+        count=3,
+        profiles=[load_profiles()["tsundere"]],
+        base_model=installed.base_model,
+        interactions=8,
+    )
+    config = FederationConfig(persona="tsundere", rounds=1, mode="robust", local_steps=1)
+    with local_federation(installed, tmp_path / "flower", authenticate=True) as federation:
+        assert federation.tls is not None
+        registered = [federation.start_supernode(d) for d in devices[:2]]
+        # The third device has a key of its own, but it was never registered.
+        create_device_key(devices[2])
+        stranger = subprocess.Popen(
+            supernode_command(
+                devices[2],
+                superlink=federation.superlink_address,
+                port=free_port(),
+                insecure=False,
+                root_certificates=federation.tls.ca_certificate,
+                auth_key=devices[2] / DEVICE_KEY_FILE,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            result = federation.run(config, env=kizuna_environment(installed), timeout_s=300)
+            refused = stranger.poll()
+        finally:
+            stop(stranger)
+        assert all(process.poll() is None for process in registered)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert refused is not None and refused != 0  # the SuperLink turned it away
+    with open_store(installed.resolved_database_url)() as session:
+        run = session.query(Run).order_by(Run.id.desc()).first()
+        assert run is not None and run.phase == RunPhase.SUCCEEDED
+        (round_one,) = rounds_of(session, run_id=run.id)
+    assert round_one.participants == 2

@@ -8,13 +8,13 @@ only to SecAgg+ messages, so the same app serves ``secure`` and ``robust`` runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
@@ -71,9 +71,12 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     return call_next(msg, context)
 
 
-def build_client_app(handler: Callable[[Message, Context], Message] = train) -> ClientApp:
-    """The ClientApp around ``handler`` (tests wrap :func:`train` to play attackers)."""
-    client_app = ClientApp(mods=[secure_aggregation_mod])
+def build_client_app(
+    handler: Callable[[Message, Context], Message] = train, *, outer_mods: Sequence[Mod] = ()
+) -> ClientApp:
+    """The ClientApp around ``handler`` (tests wrap :func:`train` to play attackers);
+    ``outer_mods`` see every message as it crosses the network (benchmarks count bytes)."""
+    client_app = ClientApp(mods=[*outer_mods, secure_aggregation_mod])
     client_app.train()(handler)
     return client_app
 

@@ -20,6 +20,13 @@ from pathlib import Path
 
 from kizuna.config import Settings
 from kizuna.federation.config import FederationConfig
+from kizuna.federation.credentials import (
+    DEVICE_KEY_FILE,
+    DEVICE_PUBLIC_KEY_FILE,
+    TlsFiles,
+    create_device_key,
+    create_tls,
+)
 
 APP_DIR = Path(__file__).parent / "app"
 
@@ -97,17 +104,47 @@ class LocalFederation:
     work_dir: Path
     superlink_address: str
     superlink: subprocess.Popen[bytes]
+    #: TLS and node authentication, or None for a plain loopback SuperLink.
+    tls: TlsFiles | None = None
     supernodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def flwr_home(self) -> Path:
+        """The Flower CLI's home, pointing at this SuperLink."""
+        root = self.tls.ca_certificate if self.tls else None
+        return flwr_home(self.work_dir, self.superlink_address, root_certificates=root)
+
+    def register_device(self, public_key: Path) -> None:
+        """Allow the device holding ``public_key``'s private key to join."""
+        subprocess.run(
+            [_executable("flwr"), "supernode", "register", str(public_key), "kizuna"],
+            env={**os.environ, "FLWR_HOME": str(self.flwr_home)},
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
 
     def node_log(self, index: int) -> Path:
         """The log file of SuperNode ``index``."""
         return self.work_dir / f"supernode-{index}.log"
 
     def start_supernode(self, data_dir: Path) -> subprocess.Popen[bytes]:
-        """Start one device's SuperNode against this SuperLink."""
+        """Start one device's SuperNode against this SuperLink (registering its key first
+        when the SuperLink authenticates devices)."""
         index = len(self.supernodes)
+        auth_key = None
+        if self.tls is not None:
+            auth_key = data_dir / DEVICE_KEY_FILE
+            if not auth_key.is_file():
+                create_device_key(data_dir)
+            self.register_device(data_dir / DEVICE_PUBLIC_KEY_FILE)
         command = supernode_command(
-            data_dir, superlink=self.superlink_address, port=free_port(), insecure=True
+            data_dir,
+            superlink=self.superlink_address,
+            port=free_port(),
+            insecure=self.tls is None,
+            root_certificates=self.tls.ca_certificate if self.tls else None,
+            auth_key=auth_key,
         )
         with self.node_log(index).open("wb") as log:
             process = subprocess.Popen(
@@ -121,7 +158,12 @@ class LocalFederation:
     ) -> subprocess.CompletedProcess[str]:
         """``flwr run`` the Kizuna app against this SuperLink; waits until the run ends."""
         return flwr_run(
-            self.superlink_address, config, env=env, work_dir=self.work_dir, timeout_s=timeout_s
+            self.superlink_address,
+            config,
+            env=env,
+            work_dir=self.work_dir,
+            root_certificates=self.tls.ca_certificate if self.tls else None,
+            timeout_s=timeout_s,
         )
 
     def close(self) -> None:
@@ -131,16 +173,8 @@ class LocalFederation:
         stop(self.superlink)
 
 
-def flwr_run(
-    superlink: str,
-    config: FederationConfig,
-    *,
-    env: Mapping[str, str],
-    work_dir: Path,
-    root_certificates: Path | None = None,
-    timeout_s: float | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """``flwr run`` the Kizuna app with ``config`` on the SuperLink at ``superlink``."""
+def flwr_home(work_dir: Path, superlink: str, *, root_certificates: Path | None) -> Path:
+    """A Flower CLI home under ``work_dir`` whose default SuperLink is ``superlink``."""
     home = work_dir / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     security = (
@@ -153,6 +187,20 @@ def flwr_run(
         f'address = "{superlink}"\n{security}\n',
         encoding="utf-8",
     )
+    return home
+
+
+def flwr_run(
+    superlink: str,
+    config: FederationConfig,
+    *,
+    env: Mapping[str, str],
+    work_dir: Path,
+    root_certificates: Path | None = None,
+    timeout_s: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``flwr run`` the Kizuna app with ``config`` on the SuperLink at ``superlink``."""
+    home = flwr_home(work_dir, superlink, root_certificates=root_certificates)
     command = [
         _executable("flwr"),
         "run",
@@ -201,14 +249,33 @@ def supernode_command(
 
 
 @contextmanager
-def local_federation(settings: Settings, work_dir: Path) -> Iterator[LocalFederation]:
-    """A SuperLink on loopback whose ServerApps see this install's store; stopped on exit."""
+def local_federation(
+    settings: Settings, work_dir: Path, *, authenticate: bool = False
+) -> Iterator[LocalFederation]:
+    """A SuperLink on loopback whose ServerApps see this install's store; stopped on exit.
+
+    ``authenticate``: TLS with a throwaway CA, and only registered devices may join.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     address = f"127.0.0.1:{port}"
+    tls = create_tls(work_dir / "tls") if authenticate else None
+    security = (
+        [
+            "--ssl-ca-certfile",
+            str(tls.ca_certificate),
+            "--ssl-certfile",
+            str(tls.certificate),
+            "--ssl-keyfile",
+            str(tls.private_key),
+            "--enable-supernode-auth",
+        ]
+        if tls is not None
+        else ["--insecure"]
+    )
     command = [
         _executable("flower-superlink"),
-        "--insecure",
+        *security,
         "--host",
         "127.0.0.1",
         "--port",
@@ -226,7 +293,9 @@ def local_federation(settings: Settings, work_dir: Path) -> Iterator[LocalFedera
             env=kizuna_environment(settings),
             start_new_session=True,
         )
-    federation = LocalFederation(work_dir=work_dir, superlink_address=address, superlink=superlink)
+    federation = LocalFederation(
+        work_dir=work_dir, superlink_address=address, superlink=superlink, tls=tls
+    )
     try:
         wait_for_port(address, timeout_s=60, process=superlink)
         yield federation

@@ -8,10 +8,11 @@ only the transport differs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flwr.app import Context, Message
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
@@ -41,6 +42,7 @@ def simulate(
     devices_root: Path,
     devices: int,
     handler: Handler = train,
+    outer_mods: Sequence[Mod] = (),
     cpus_per_device: float = 1.0,
 ) -> Adapter:
     """Run ``config``'s rounds over ``devices`` virtual devices; the candidate it registers."""
@@ -55,7 +57,7 @@ def simulate(
 
     run_simulation(
         server_app=server,
-        client_app=build_client_app(on_device(devices_root, handler)),
+        client_app=build_client_app(on_device(devices_root, handler), outer_mods=outer_mods),
         num_supernodes=devices,
         backend_config={"client_resources": {"num_cpus": cpus_per_device, "num_gpus": 0.0}},
     )

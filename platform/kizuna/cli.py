@@ -431,7 +431,8 @@ def federate(
         typer.Option(help="robust mode's rule: multi-krum, krum, trimmed-mean, median, fedavg."),
     ] = "multi-krum",
     superlink: Annotated[
-        str | None, typer.Option(help="A running SuperLink's HOST:PORT (cluster mode).")
+        str | None,
+        typer.Option(help="A running SuperLink's HOST:PORT; default: the superlink setting."),
     ] = None,
     local_devices: Annotated[
         int | None,
@@ -461,9 +462,14 @@ def federate(
     from kizuna.store.db import open_store, transaction
     from kizuna.store.models import Run, RunKind
 
-    if (superlink is None) == (local_devices is None):
-        raise ValueError("give either --superlink HOST:PORT or --local-devices N")
     config = settings()
+    if local_devices is None:
+        superlink = superlink or config.superlink
+        root_certificates = root_certificates or config.superlink_root_certificates
+    if (superlink is None) == (local_devices is None):
+        raise ValueError(
+            "give either --superlink HOST:PORT (or the superlink setting) or --local-devices N"
+        )
     profiles = load_profiles(config.resolved_personas_dir)
     if persona not in profiles:
         from kizuna.personas.loader import unknown_persona

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     teacher_max_new_tokens: int = Field(
         default=96, ge=1, description="Longest target a model teacher writes (tokens)."
     )
+    superlink: str | None = Field(
+        default=None,
+        description="The Flower SuperLink (HOST:PORT) `kizuna federate` runs rounds on.",
+    )
+    superlink_root_certificates: Path | None = Field(
+        default=None, description="CA certificate of a TLS SuperLink (PEM)."
+    )
     gates: dict[str, GateThresholds] = Field(
         default_factory=dict,
         description="Evaluation gates per persona id; a persona not listed gets the defaults "

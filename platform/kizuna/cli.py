@@ -454,13 +454,12 @@ def federate(
     import threading
 
     from kizuna.federation.config import FederationConfig
-    from kizuna.federation.deployment import flwr_run, kizuna_environment, local_federation
-    from kizuna.federation.devices import simulate_devices
+    from kizuna.federation.deployment import federate as federate_rounds
     from kizuna.personas import load_profiles
     from kizuna.store import runs as run_store
     from kizuna.store.adapters import stable_adapter
     from kizuna.store.db import open_store, transaction
-    from kizuna.store.models import Run, RunKind
+    from kizuna.store.models import Run, RunKind, RunPhase
 
     config = settings()
     if local_devices is None:
@@ -494,33 +493,22 @@ def federate(
             session, kind=RunKind.FEDERATED, persona=persona, config=job.model_dump()
         ).id
     job = job.model_copy(update={"run_id": run_id})
-    work_dir = config.data_dir / "federation" / f"run-{run_id}"
-    env = kizuna_environment(config)
-    result: list[Any] = []
+    outcome: list[Any] = []
 
     def launch() -> None:
-        if local_devices is None:
-            assert superlink is not None
-            result.append(
-                flwr_run(
-                    superlink,
+        try:
+            outcome.append(
+                federate_rounds(
+                    config,
                     job,
-                    env=env,
-                    work_dir=work_dir,
+                    superlink=superlink,
                     root_certificates=root_certificates,
+                    local_devices=local_devices,
+                    profiles=list(profiles.values()),
                 )
             )
-            return
-        devices = simulate_devices(
-            config.data_dir / "devices",
-            count=local_devices,
-            profiles=list(profiles.values()),
-            base_model=config.resolved_base_model,
-        )
-        with local_federation(config, work_dir, authenticate=True) as federation:
-            for device in devices:
-                federation.start_supernode(device)
-            result.append(federation.run(job, env=env))
+        except Exception as exc:  # handed to the main thread below
+            outcome.append(exc)
 
     worker = threading.Thread(target=launch, daemon=True)
     worker.start()
@@ -532,6 +520,20 @@ def federate(
                 run = session.get(Run, run_id)
                 assert run is not None
                 bar.update(task, completed=round(run.progress * rounds), note=run.message)
+    flower = outcome[0] if outcome else None
+    with transaction(factory) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        if run.phase in (RunPhase.PENDING, RunPhase.RUNNING):
+            # The ServerApp never finished (flwr could not start it, or it was killed).
+            reason = (
+                f"{type(flower).__name__}: {flower}"
+                if isinstance(flower, Exception)
+                else f"flwr run exited with {getattr(flower, 'returncode', '?')}"
+            )
+            run_store.update_run(session, run_id=run_id, phase=RunPhase.FAILED, message=reason)
+    if isinstance(flower, Exception):
+        raise flower
     with factory() as session:
         run = session.get(Run, run_id)
         assert run is not None
@@ -549,10 +551,9 @@ def federate(
             reasons or str(record.details.get("note", "")),
         )
     out.print(table)
-    if run.phase.value != "succeeded":
-        flower = result[0] if result else None
+    if run.phase != RunPhase.SUCCEEDED:
         if flower is not None:
-            err.print(flower.stdout[-4000:], markup=False, highlight=False)
+            err.print(flower.stdout[-4000:] + flower.stderr[-2000:], markup=False, highlight=False)
         err.print(f"error: federated run {run_id} {run.phase.value}: {run.message}")
         raise typer.Exit(1)
     out.print(f"run {run_id}: {run.message}")

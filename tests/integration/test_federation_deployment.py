@@ -177,7 +177,7 @@ def test_federate_command_runs_local_devices_end_to_end(installed: Settings) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["federate", "--persona", "tsundere"], "either --superlink HOST:PORT or --local-devices"),
+        (["federate", "--persona", "tsundere"], "or --local-devices N"),
         (["federate", "--persona", "nobody", "--local-devices", "2"], "nobody"),
         (
             ["federate", "--persona", "tsundere", "--local-devices", "2", "--rule", "mean"],

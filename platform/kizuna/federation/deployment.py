@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,8 @@ from kizuna.federation.credentials import (
     create_device_key,
     create_tls,
 )
+from kizuna.federation.devices import simulate_devices
+from kizuna.personas.schema import PersonaProfile
 
 APP_DIR = Path(__file__).parent / "app"
 
@@ -301,3 +303,34 @@ def local_federation(
         yield federation
     finally:
         federation.close()
+
+
+def federate(
+    settings: Settings,
+    config: FederationConfig,
+    *,
+    superlink: str | None = None,
+    root_certificates: Path | None = None,
+    local_devices: int | None = None,
+    profiles: Sequence[PersonaProfile] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run ``config``'s rounds on ``superlink``, or with ``local_devices`` simulated devices
+    (interactions of ``profiles``) behind a local authenticating SuperLink."""
+    work_dir = settings.data_dir / "federation" / f"run-{config.run_id}"
+    env = kizuna_environment(settings)
+    if local_devices is None:
+        if superlink is None:
+            raise ValueError("a SuperLink address or a number of local devices is needed")
+        return flwr_run(
+            superlink, config, env=env, work_dir=work_dir, root_certificates=root_certificates
+        )
+    devices = simulate_devices(
+        settings.data_dir / "devices",
+        count=local_devices,
+        profiles=profiles,
+        base_model=settings.resolved_base_model,
+    )
+    with local_federation(settings, work_dir, authenticate=True) as federation:
+        for device in devices:
+            federation.start_supernode(device)
+        return federation.run(config, env=env)

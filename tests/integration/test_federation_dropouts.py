@@ -1,0 +1,64 @@
+"""A SecAgg+ round that loses too many devices stops cleanly and the next round runs
+(Flower's Simulation Runtime, Kizuna's ServerApp logic and ClientApp, tiny model)."""
+
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, Message
+from flwr.compat.common import recorddict_compat as compat
+
+from kizuna.bootstrap import bootstrap
+from kizuna.config import Settings
+from kizuna.federation.client_app import INSTRUCTIONS_KEY, train
+from kizuna.federation.config import FederationConfig
+from kizuna.federation.devices import simulate_devices
+from kizuna.federation.simulation import simulate
+from kizuna.federation.task import RoundInstructions
+from kizuna.model.finetune import FinetuneArgs
+from kizuna.personas import load_profiles
+from kizuna.store.db import open_store
+from kizuna.store.models import Run
+from kizuna.store.runs import rounds_of
+from support import QuietProgress
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _most_devices_drop_in_round_one(msg: Message, context: Context) -> Message:
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    instructions = RoundInstructions.decode(str(fitins.config[INSTRUCTIONS_KEY]))
+    if instructions.round == 1 and int(context.node_config["partition-id"]) > 0:
+        raise ConnectionError("the device lost its connection while training")
+    return train(msg, context)
+
+
+def test_a_round_below_the_threshold_stops_and_the_next_one_runs(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir), device="cpu")
+    bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
+    devices = simulate_devices(
+        tmp_path / "devices",
+        count=3,
+        profiles=[load_profiles()["tsundere"]],
+        base_model=str(tiny_model_dir),
+        interactions=8,
+    )
+    config = FederationConfig(persona="tsundere", rounds=2, mode="secure", local_steps=1)
+    candidate = simulate(
+        config,
+        settings,
+        devices_root=devices[0].parent,
+        devices=3,
+        handler=_most_devices_drop_in_round_one,
+    )
+    with open_store(settings.resolved_database_url)() as session:
+        run = session.get(Run, candidate.lineage["run_id"])
+        assert run is not None
+        first, second = rounds_of(session, run_id=run.id)
+    assert not first.details["completed"] and first.participants == 0
+    assert "SecAgg+ halted" in first.details["note"]
+    assert first.epsilon == 0.0  # nothing was released, nothing was spent
+    assert second.details["completed"] and second.participants == 3
+    assert candidate.lineage["rounds"] == [2]
+    assert candidate.lineage["epsilon"] == pytest.approx(second.epsilon)

@@ -114,6 +114,7 @@ def test_robust_mode_resists_a_scaled_and_a_nan_update(
             handler=_poisoned(_attack),
         )
     run_id = candidate.lineage["run_id"]
+    assert candidate.lineage["epsilon"] is None  # no noise: no privacy claimed
     with open_store(settings.resolved_database_url)() as session:
         (round_one,) = rounds_of(session, run_id=run_id)
     assert round_one.participants == DEVICES - 1

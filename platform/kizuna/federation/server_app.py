@@ -11,6 +11,7 @@ warm-start from.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from dataclasses import asdict
@@ -119,6 +120,11 @@ class FederatedRun:
             delta=self.config.delta,
         )
 
+    @property
+    def stored_epsilon(self) -> float | None:
+        """ε for JSON documents: None without noise (JSON, PostgreSQL's included, has no ∞)."""
+        return None if math.isinf(self.epsilon) else self.epsilon
+
     def instructions(self, round_number: int) -> dict[str, Any]:
         """The round's instructions as FitIns config."""
         config = self.config
@@ -215,7 +221,7 @@ class FederatedRun:
                 run_id=self.run_id,
                 progress=round_number / self.config.rounds,
                 message=f"round {round_number}/{self.config.rounds} {state}; {budget}",
-                metrics={"epsilon": self.epsilon, "rounds_completed": len(self.completed)},
+                metrics={"epsilon": self.stored_epsilon, "rounds_completed": len(self.completed)},
             )
 
     def register_candidate(self) -> Adapter:
@@ -233,7 +239,7 @@ class FederatedRun:
             "run_id": self.run_id,
             "rounds": self.completed,
             "participants": self.participants,
-            "epsilon": self.epsilon,
+            "epsilon": self.stored_epsilon,
             "delta": config.delta,
             "mode": config.mode,
             "aggregation": "secagg+ mean" if config.mode == "secure" else config.rule,
@@ -252,7 +258,7 @@ class FederatedRun:
                 sha256=published.sha256,
                 status=AdapterStatus.CANDIDATE,
                 lineage=lineage,
-                metrics={"epsilon": self.epsilon, "delta": config.delta},
+                metrics={"epsilon": self.stored_epsilon, "delta": config.delta},
             )
             run_store.update_run(
                 session,

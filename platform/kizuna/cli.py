@@ -620,7 +620,7 @@ def device_run(
     import subprocess
 
     from kizuna.federation.credentials import DEVICE_KEY_FILE
-    from kizuna.federation.deployment import supernode_command
+    from kizuna.federation.deployment import flower_environment, supernode_command
     from kizuna.federation.manifest import DeviceManifest
 
     manifest = DeviceManifest.read(data_dir)
@@ -636,7 +636,7 @@ def device_run(
         auth_key=auth_key,
     )
     err.print(f"device {manifest.device_id} → {superlink}")
-    status = subprocess.run(command, check=False).returncode
+    status = subprocess.run(command, env=flower_environment(), check=False).returncode
     if status != 0:
         raise typer.Exit(status)
 

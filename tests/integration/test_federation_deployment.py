@@ -17,6 +17,7 @@ from kizuna.config import Settings
 from kizuna.federation.config import FederationConfig
 from kizuna.federation.credentials import DEVICE_KEY_FILE, create_device_key
 from kizuna.federation.deployment import (
+    flower_environment,
     free_port,
     kill,
     kizuna_environment,
@@ -234,6 +235,7 @@ def test_only_registered_devices_join_an_authenticating_superlink(
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=flower_environment(),
             start_new_session=True,
         )
         try:
@@ -244,6 +246,8 @@ def test_only_registered_devices_join_an_authenticating_superlink(
         assert all(process.poll() is None for process in registered)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert refused is not None and refused != 0  # the SuperLink turned it away
+    assert stranger.stdout is not None
+    assert "SuperNode ID" not in stranger.stdout.read().decode(errors="replace")
     with open_store(installed.resolved_database_url)() as session:
         run = session.query(Run).order_by(Run.id.desc()).first()
         assert run is not None and run.phase == RunPhase.SUCCEEDED

@@ -39,6 +39,16 @@ def _executable(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
+def flower_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with this interpreter's scripts first
+    on PATH: Flower's processes start their helpers (``flower-superexec``,
+    ``flwr-serverapp``, ``flwr-clientapp``) by name."""
+    env = dict(os.environ if base is None else base)
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
+    return env
+
+
 def free_port() -> int:
     """An unused loopback port."""
     with socket.socket() as sock:
@@ -63,7 +73,7 @@ def wait_for_port(address: str, *, timeout_s: float, process: subprocess.Popen[b
 
 def kizuna_environment(settings: Settings) -> dict[str, str]:
     """The environment a ServerApp needs to reach this install's store and artifacts."""
-    env = dict(os.environ)
+    env = flower_environment()
     env.update(
         KIZUNA_DATA_DIR=str(settings.data_dir),
         KIZUNA_DATABASE_URL=settings.resolved_database_url,
@@ -120,7 +130,7 @@ class LocalFederation:
         """Allow the device holding ``public_key``'s private key to join."""
         subprocess.run(
             [_executable("flwr"), "supernode", "register", str(public_key), "kizuna"],
-            env={**os.environ, "FLWR_HOME": str(self.flwr_home)},
+            env={**flower_environment(), "FLWR_HOME": str(self.flwr_home)},
             capture_output=True,
             check=True,
             timeout=60,
@@ -150,7 +160,11 @@ class LocalFederation:
         )
         with self.node_log(index).open("wb") as log:
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=flower_environment(),
+                start_new_session=True,
             )
         self.supernodes.append(process)
         return process

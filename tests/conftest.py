@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
+from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
 from kizuna.store.db import make_engine, session_factory, upgrade
-from support import free_port
+from support import QuietProgress, free_port
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
@@ -101,6 +103,13 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 @pytest.fixture
 def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def bootstrapped(settings: Settings) -> Settings:
+    """``settings`` with a stable tsundere adapter (one training step on the tiny model)."""
+    bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
+    return settings
 
 
 # --- PostgreSQL: a throwaway server per test session, started by the tests themselves ---

@@ -26,6 +26,7 @@ from kizuna.model.finetune import FinetuneArgs
 from kizuna.model.generation import SamplingParams
 from kizuna.personas import ProfileError, UnknownPersonaError, load_profile
 from kizuna.personas.loader import profile_files
+from kizuna.personas.schema import PersonaProfile
 from kizuna.store.adapters import AdapterNotFoundError
 from kizuna.teacher.base import TeacherUnavailableError
 from kizuna.teacher.registry import DEFAULT_TEACHER, teacher_names
@@ -73,6 +74,17 @@ Temperature = Annotated[float, typer.Option(min=0.0, max=5.0, help="0 is greedy.
 def settings() -> Settings:
     """The settings in force for this invocation."""
     return Settings()
+
+
+def _profiles(config: Settings, persona: str | None) -> dict[str, PersonaProfile]:
+    """Every profile in force; an unknown ``persona`` (when given) is a user error."""
+    from kizuna.personas import load_profiles
+    from kizuna.personas.loader import unknown_persona
+
+    profiles = load_profiles(config.resolved_personas_dir)
+    if persona is not None and persona not in profiles:
+        raise unknown_persona(persona, profiles)
+    return profiles
 
 
 def _bar() -> RichProgress:
@@ -327,7 +339,6 @@ def relabel(
     """
     from kizuna.datasets.relabel import RelabelConfig
     from kizuna.datasets.relabel import relabel as run_relabel
-    from kizuna.personas import load_profiles
     from kizuna.store.db import open_store
     from kizuna.teacher.registry import build_teacher
 
@@ -336,11 +347,7 @@ def relabel(
         budget=budget, teacher=teacher, persona=persona, diversity=diversity, score=score
     )
     job.sampler()  # reject bad settings before loading any model
-    profiles = load_profiles(config.resolved_personas_dir)
-    if persona is not None and persona not in profiles:
-        from kizuna.personas.loader import unknown_persona
-
-        raise unknown_persona(persona, profiles)
+    profiles = _profiles(config, persona)
     factory = open_store(config.resolved_database_url)
     with err.status(f"loading the {teacher} teacher…"):
         chosen = build_teacher(teacher, config)
@@ -394,14 +401,8 @@ def retrain(
 
     import yaml
 
-    from kizuna.personas import load_profiles
-
     config = settings()
-    profiles = load_profiles(config.resolved_personas_dir)
-    if persona not in profiles:
-        from kizuna.personas.loader import unknown_persona
-
-        raise unknown_persona(persona, profiles)
+    _profiles(config, persona)
     job: dict[str, Any] = {}
     if config_file is not None:
         job = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
@@ -455,7 +456,6 @@ def federate(
 
     from kizuna.federation.config import FederationConfig
     from kizuna.federation.deployment import federate as federate_rounds
-    from kizuna.personas import load_profiles
     from kizuna.store import runs as run_store
     from kizuna.store.adapters import stable_adapter
     from kizuna.store.db import open_store, transaction
@@ -469,11 +469,7 @@ def federate(
         raise ValueError(
             "give either --superlink HOST:PORT (or the superlink setting) or --local-devices N"
         )
-    profiles = load_profiles(config.resolved_personas_dir)
-    if persona not in profiles:
-        from kizuna.personas.loader import unknown_persona
-
-        raise unknown_persona(persona, profiles)
+    profiles = _profiles(config, persona)
     job = FederationConfig.model_validate(
         {
             "persona": persona,
@@ -532,12 +528,9 @@ def federate(
                 else f"flwr run exited with {getattr(flower, 'returncode', '?')}"
             )
             run_store.update_run(session, run_id=run_id, phase=RunPhase.FAILED, message=reason)
+        rounds_done = run_store.rounds_of(session, run_id=run_id)
     if isinstance(flower, Exception):
         raise flower
-    with factory() as session:
-        run = session.get(Run, run_id)
-        assert run is not None
-        rounds_done = run_store.rounds_of(session, run_id=run_id)
     table = Table("round", "participants", "rejected", "seconds", "ε", "note")
     for record in rounds_done:
         seconds = float(record.details.get("seconds", 0.0))
@@ -572,10 +565,9 @@ def device_simulate(
 ) -> None:
     """Create simulated devices, each with its own data dir and interaction store."""
     from kizuna.federation.devices import simulate_devices
-    from kizuna.personas import load_profiles
 
     config = settings()
-    profiles = load_profiles(config.resolved_personas_dir)
+    profiles = _profiles(config, None)
     root = out_dir or config.data_dir / "devices"
     created = simulate_devices(
         root,

@@ -14,7 +14,6 @@ from flwr.compat.common import recorddict_compat as compat
 from numpy.typing import NDArray
 from safetensors.numpy import load_file
 
-from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
 from kizuna.federation.client_app import train
 from kizuna.federation.config import FederationConfig
@@ -23,11 +22,9 @@ from kizuna.federation.manifest import SENT_UPDATES_DIR
 from kizuna.federation.server_app import aggregates_dir
 from kizuna.federation.simulation import simulate
 from kizuna.federation.strategies.robust import combine
-from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
 from kizuna.store.db import open_store
 from kizuna.store.runs import rounds_of
-from support import QuietProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICES = 10
@@ -68,20 +65,18 @@ def _relative(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, tiny_model_dir: Path) -> tuple[Settings, list[Path]]:
-    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir), device="cpu")
-    bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
+def fleet(bootstrapped: Settings, tmp_path: Path) -> tuple[Settings, list[Path]]:
     devices = simulate_devices(
         tmp_path / "devices",
         count=DEVICES,
         profiles=[load_profiles()["tsundere"]],
-        base_model=str(tiny_model_dir),
+        base_model=bootstrapped.base_model,
         interactions=48,
         keep_sent_updates=True,
         # One strength: every device's batches scale the adapter alike (IID devices).
         strengths=(1.0,),
     )
-    return settings, devices
+    return bootstrapped, devices
 
 
 def _sent(devices: list[Path], run_id: int) -> list[dict[str, NDArray[np.float32]]]:

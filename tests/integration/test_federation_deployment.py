@@ -12,7 +12,6 @@ import pytest
 from cli_runner import kizuna
 from safetensors.numpy import load_file
 
-from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
 from kizuna.federation.config import FederationConfig
 from kizuna.federation.credentials import DEVICE_KEY_FILE, create_device_key
@@ -29,25 +28,16 @@ from kizuna.federation.devices import simulate_devices
 from kizuna.federation.manifest import SENT_UPDATES_DIR, DeviceManifest
 from kizuna.federation.server_app import aggregates_dir
 from kizuna.federation.task import local_pairs
-from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
 from kizuna.store.adapters import list_adapters
 from kizuna.store.db import open_store
 from kizuna.store.models import AdapterStatus, Run, RunPhase
 from kizuna.store.runs import rounds_of
 from kizuna_jobs.retrain import RetrainConfig, warm_start_adapter
-from support import QuietProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICES = 5
 VICTIM = 2
-
-
-@pytest.fixture
-def installed(tmp_path: Path, tiny_model_dir: Path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir), device="cpu")
-    bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
-    return settings
 
 
 def _training_started(log: Path) -> bool:
@@ -56,12 +46,12 @@ def _training_started(log: Path) -> bool:
     return len(re.findall(r"Start `flwr-clientapp` process", text)) >= 3
 
 
-def test_secure_rounds_survive_a_killed_device(installed: Settings, tmp_path: Path) -> None:
+def test_secure_rounds_survive_a_killed_device(bootstrapped: Settings, tmp_path: Path) -> None:
     devices = simulate_devices(
         tmp_path / "devices",
         count=DEVICES,
         profiles=[load_profiles()["tsundere"]],
-        base_model=installed.base_model,
+        base_model=bootstrapped.base_model,
         interactions=16,
         keep_sent_updates=True,
     )
@@ -77,7 +67,7 @@ def test_secure_rounds_survive_a_killed_device(installed: Settings, tmp_path: Pa
         stage_timeout_s=240,
     )
     killed_at: list[float] = []
-    with local_federation(installed, tmp_path / "flower") as federation:
+    with local_federation(bootstrapped, tmp_path / "flower") as federation:
         for device in devices:
             federation.start_supernode(device)
 
@@ -93,12 +83,12 @@ def test_secure_rounds_survive_a_killed_device(installed: Settings, tmp_path: Pa
 
         killer = threading.Thread(target=kill_victim_mid_training, daemon=True)
         killer.start()
-        result = federation.run(config, env=kizuna_environment(installed), timeout_s=840)
+        result = federation.run(config, env=kizuna_environment(bootstrapped), timeout_s=840)
         killer.join(timeout=5)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert killed_at, "the victim never started training"
 
-    sessions = open_store(installed.resolved_database_url)
+    sessions = open_store(bootstrapped.resolved_database_url)
     with sessions() as session:
         run = session.query(Run).order_by(Run.id.desc()).first()
         assert run is not None and run.phase == RunPhase.SUCCEEDED, run and run.message
@@ -130,7 +120,7 @@ def test_secure_rounds_survive_a_killed_device(installed: Settings, tmp_path: Pa
         ]
         assert len(sent) == DEVICES - 1
         aggregate = load_file(
-            aggregates_dir(installed, run.id) / f"round-{round_number}.safetensors"
+            aggregates_dir(bootstrapped, run.id) / f"round-{round_number}.safetensors"
         )
         worst = max(
             float(np.abs(aggregate[key] - np.mean([s[key] for s in sent], axis=0)).max())
@@ -140,10 +130,10 @@ def test_secure_rounds_survive_a_killed_device(installed: Settings, tmp_path: Pa
         assert max(float(np.abs(v).max()) for v in aggregate.values()) > 10 * step
 
 
-def test_federate_command_runs_local_devices_end_to_end(installed: Settings) -> None:
+def test_federate_command_runs_local_devices_end_to_end(bootstrapped: Settings) -> None:
     env = {
-        "KIZUNA_DATA_DIR": str(installed.data_dir),
-        "KIZUNA_BASE_MODEL": installed.base_model,
+        "KIZUNA_DATA_DIR": str(bootstrapped.data_dir),
+        "KIZUNA_BASE_MODEL": bootstrapped.base_model,
         "KIZUNA_DEVICE": "cpu",
     }
     result = kizuna(
@@ -163,8 +153,8 @@ def test_federate_command_runs_local_devices_end_to_end(installed: Settings) -> 
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "registered tsundere v2 (candidate); ε = " in result.stdout
-    assert len(list((installed.data_dir / "devices").glob("device-*/device.json"))) == 3
-    with open_store(installed.resolved_database_url)() as session:
+    assert len(list((bootstrapped.data_dir / "devices").glob("device-*/device.json"))) == 3
+    with open_store(bootstrapped.resolved_database_url)() as session:
         federated = warm_start_adapter(
             session, RetrainConfig(persona="tsundere", warm_start="federated")
         )
@@ -188,9 +178,9 @@ def test_federate_command_runs_local_devices_end_to_end(installed: Settings) -> 
     ],
 )
 def test_bad_federation_input_is_one_error_line(
-    installed: Settings, args: list[str], message: str
+    bootstrapped: Settings, args: list[str], message: str
 ) -> None:
-    result = kizuna(*args, env={"KIZUNA_DATA_DIR": str(installed.data_dir)})
+    result = kizuna(*args, env={"KIZUNA_DATA_DIR": str(bootstrapped.data_dir)})
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -209,17 +199,17 @@ def test_device_simulate_creates_device_stores(tmp_path: Path, tiny_model_dir: P
 
 
 def test_only_registered_devices_join_an_authenticating_superlink(
-    installed: Settings, tmp_path: Path
+    bootstrapped: Settings, tmp_path: Path
 ) -> None:
     devices = simulate_devices(
         tmp_path / "devices",
         count=3,
         profiles=[load_profiles()["tsundere"]],
-        base_model=installed.base_model,
+        base_model=bootstrapped.base_model,
         interactions=8,
     )
     config = FederationConfig(persona="tsundere", rounds=1, mode="robust", local_steps=1)
-    with local_federation(installed, tmp_path / "flower", authenticate=True) as federation:
+    with local_federation(bootstrapped, tmp_path / "flower", authenticate=True) as federation:
         assert federation.tls is not None
         registered = [federation.start_supernode(d) for d in devices[:2]]
         # The third device has a key of its own, but it was never registered.
@@ -239,7 +229,7 @@ def test_only_registered_devices_join_an_authenticating_superlink(
             start_new_session=True,
         )
         try:
-            result = federation.run(config, env=kizuna_environment(installed), timeout_s=300)
+            result = federation.run(config, env=kizuna_environment(bootstrapped), timeout_s=300)
             refused = stranger.poll()
         finally:
             stop(stranger)
@@ -248,7 +238,7 @@ def test_only_registered_devices_join_an_authenticating_superlink(
     assert refused is not None and refused != 0  # the SuperLink turned it away
     assert stranger.stdout is not None
     assert "SuperNode ID" not in stranger.stdout.read().decode(errors="replace")
-    with open_store(installed.resolved_database_url)() as session:
+    with open_store(bootstrapped.resolved_database_url)() as session:
         run = session.query(Run).order_by(Run.id.desc()).first()
         assert run is not None and run.phase == RunPhase.SUCCEEDED
         (round_one,) = rounds_of(session, run_id=run.id)

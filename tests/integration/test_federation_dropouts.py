@@ -7,19 +7,16 @@ import pytest
 from flwr.app import Context, Message
 from flwr.compat.common import recorddict_compat as compat
 
-from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
 from kizuna.federation.client_app import INSTRUCTIONS_KEY, train
 from kizuna.federation.config import FederationConfig
 from kizuna.federation.devices import simulate_devices
 from kizuna.federation.simulation import simulate
 from kizuna.federation.task import RoundInstructions
-from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
 from kizuna.store.db import open_store
 from kizuna.store.models import Run
 from kizuna.store.runs import rounds_of
-from support import QuietProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,15 +30,14 @@ def _most_devices_drop_in_round_one(msg: Message, context: Context) -> Message:
 
 
 def test_a_round_below_the_threshold_stops_and_the_next_one_runs(
-    tmp_path: Path, tiny_model_dir: Path
+    bootstrapped: Settings, tmp_path: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir), device="cpu")
-    bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
+    settings = bootstrapped
     devices = simulate_devices(
         tmp_path / "devices",
         count=3,
         profiles=[load_profiles()["tsundere"]],
-        base_model=str(tiny_model_dir),
+        base_model=settings.base_model,
         interactions=8,
     )
     config = FederationConfig(persona="tsundere", rounds=2, mode="secure", local_steps=1)

@@ -21,17 +21,14 @@ from safetensors.torch import load_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.artifacts import fetch_directory
-from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
 from kizuna.datasets.build import build_parallel_corpus
-from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
 from kizuna.store.adapters import get_adapter
 from kizuna.store.db import open_store
 from kizuna.store.models import AdapterStatus, Run, RunKind, RunPhase
 from kizuna.store.runs import list_runs
 from kizuna_jobs.retrain import RetrainConfig, run_retrain
-from support import QuietProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMALL_EVALUATION = {
@@ -43,10 +40,9 @@ SMALL_EVALUATION = {
 
 
 @pytest.fixture
-def installed(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+def installed(bootstrapped: Settings, tmp_path: Path) -> Settings:
     """A store with a stable tsundere adapter and a small rules corpus."""
-    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir), device="cpu")
-    bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
+    settings = bootstrapped
     build_parallel_corpus(
         {"tsundere": load_profiles()["tsundere"]},
         path=tmp_path / "corpus.jsonl",

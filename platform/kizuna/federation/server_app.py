@@ -23,8 +23,6 @@ from flwr.app import Context
 from flwr.common import FitIns, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid, ServerApp
-from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import save_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.artifacts import fetch_directory, publish_directory
@@ -37,8 +35,8 @@ from kizuna.federation.strategies.robust import robust_round
 from kizuna.federation.strategies.rules import rule_named
 from kizuna.federation.strategies.secure import secure_round
 from kizuna.federation.task import RoundInstructions
-from kizuna.federation.updates import AdapterLayout, Arrays
-from kizuna.model.quantize import PEFT_WEIGHTS_FILE, load_lora_tensors
+from kizuna.federation.updates import AdapterLayout, Arrays, save_adapter, save_arrays
+from kizuna.model.quantize import load_lora_tensors
 from kizuna.store import adapters as adapter_store
 from kizuna.store import runs as run_store
 from kizuna.store.db import open_store, transaction
@@ -96,6 +94,8 @@ class FederatedRun:
         self.adapter_config = (directory / "adapter_config.json").read_text(encoding="utf-8")
         self.completed: list[int] = []
         self.participants: list[int] = []
+        #: ε spent so far at the configured δ (the accountant runs once per released round).
+        self.epsilon = 0.0
 
     def _start_adapter(self, session: Session) -> Adapter:
         persona, version = self.config.persona, self.config.start_version
@@ -110,15 +110,6 @@ class FederatedRun:
             persona=self.config.persona,
             config=self.config.model_dump(),
         ).id
-
-    @property
-    def epsilon(self) -> float:
-        """ε spent so far at the configured δ."""
-        return epsilon(
-            noise_multiplier=self.config.noise_multiplier,
-            rounds=len(self.completed),
-            delta=self.config.delta,
-        )
 
     @property
     def stored_epsilon(self) -> float | None:
@@ -181,13 +172,17 @@ class FederatedRun:
         assert outcome.aggregate is not None
         if self.config.record_aggregates:
             path = aggregates_dir(self.settings, self.run_id) / f"round-{round_number}.safetensors"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_numpy(dict(zip(self.layout.names, outcome.aggregate, strict=True)), str(path))
+            save_arrays(path, self.layout.names, outcome.aggregate)
         std = noise_std(self.config, outcome.participants)
         noised = add_noise(outcome.aggregate, std=std)
         self.weights = [w + u for w, u in zip(self.weights, noised, strict=True)]
         self.completed.append(round_number)
         self.participants.append(outcome.participants)
+        self.epsilon = epsilon(
+            noise_multiplier=self.config.noise_multiplier,
+            rounds=len(self.completed),
+            delta=self.config.delta,
+        )
         return std
 
     def record(
@@ -228,9 +223,12 @@ class FederatedRun:
         """Publish the final weights as the persona's next ``candidate`` version."""
         config = self.config
         with tempfile.TemporaryDirectory(prefix="kizuna-federated-") as tmp:
-            directory = Path(tmp)
-            (directory / "adapter_config.json").write_text(self.adapter_config, encoding="utf-8")
-            save_file(self.layout.tensors(self.weights), str(directory / PEFT_WEIGHTS_FILE))
+            directory = save_adapter(
+                Path(tmp),
+                adapter_config=self.adapter_config,
+                names=self.layout.names,
+                arrays=self.weights,
+            )
             published = publish_directory(
                 directory, root_url=self.settings.resolved_artifact_url, persona=config.persona
             )

@@ -13,15 +13,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from peft import get_peft_model_state_dict
-from safetensors.numpy import save_file as save_numpy
 from sqlalchemy import select
 
 from kizuna.federation.manifest import SENT_UPDATES_DIR, DeviceManifest, device_store_url
-from kizuna.federation.updates import AdapterLayout, Arrays, clipped, difference, l2_norm
+from kizuna.federation.updates import (
+    AdapterLayout,
+    Arrays,
+    clipped,
+    difference,
+    l2_norm,
+    save_adapter,
+    save_arrays,
+)
 from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
 from kizuna.model.finetune import FinetuneArgs, Pair, train_lora
 from kizuna.model.lora import load_adapter
-from kizuna.model.quantize import PEFT_WEIGHTS_FILE
 from kizuna.store.db import open_store
 from kizuna.store.models import Interaction
 
@@ -90,10 +96,11 @@ def local_update(data_dir: Path, instructions: RoundInstructions, weights: Array
     base = load_base_model(manifest.base_model, device=device, dtype=None)
     tokenizer = load_tokenizer(manifest.base_model)
     with tempfile.TemporaryDirectory(prefix="kizuna-round-") as tmp:
-        adapter_dir = Path(tmp)
-        (adapter_dir / "adapter_config.json").write_text(instructions.adapter_config, "utf-8")
-        save_numpy(
-            dict(zip(layout.names, weights, strict=True)), str(adapter_dir / PEFT_WEIGHTS_FILE)
+        adapter_dir = save_adapter(
+            Path(tmp),
+            adapter_config=instructions.adapter_config,
+            names=layout.names,
+            arrays=weights,
         )
         model = load_adapter(base, adapter_dir, name=instructions.persona, trainable=True)
     args = FinetuneArgs(
@@ -116,7 +123,4 @@ def local_update(data_dir: Path, instructions: RoundInstructions, weights: Array
 def keep_sent_update(data_dir: Path, instructions: RoundInstructions, update: Arrays) -> Path:
     """Write what left the device this round into its own data dir (for its owner's audit)."""
     name = f"run-{instructions.run_id}-round-{instructions.round}.safetensors"
-    path = data_dir / SENT_UPDATES_DIR / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_numpy(dict(zip(instructions.names, update, strict=True)), str(path))
-    return path
+    return save_arrays(data_dir / SENT_UPDATES_DIR / name, instructions.names, update)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 from numpy.typing import NDArray
+from safetensors.numpy import save_file
+
+from kizuna.model.quantize import PEFT_WEIGHTS_FILE
 
 Arrays = list[NDArray[np.float32]]
 
@@ -42,13 +46,6 @@ class AdapterLayout:
         """The tensors as float32 arrays in layout order."""
         return [tensors[name].detach().float().cpu().numpy().copy() for name in self.names]
 
-    def tensors(self, arrays: Sequence[NDArray[np.floating]]) -> dict[str, torch.Tensor]:
-        """Arrays in layout order back to a named state dict (float32)."""
-        return {
-            name: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-            for name, array in zip(self.names, arrays, strict=True)
-        }
-
     def problem(
         self, arrays: Sequence[NDArray[np.generic]], *, max_norm: float | None
     ) -> str | None:
@@ -67,6 +64,27 @@ class AdapterLayout:
             if norm > max_norm:
                 return f"L2 norm {norm:.4g} exceeds the bound {max_norm:.4g}"
         return None
+
+
+def save_arrays(path: Path, names: Sequence[str], arrays: Sequence[NDArray[np.floating]]) -> Path:
+    """Write ``arrays`` under ``names`` as one safetensors file (float32)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: np.ascontiguousarray(array, dtype=np.float32)
+        for name, array in zip(names, arrays, strict=True)
+    }
+    save_file(tensors, str(path))
+    return path
+
+
+def save_adapter(
+    directory: Path, *, adapter_config: str, names: Sequence[str], arrays: Arrays
+) -> Path:
+    """A PEFT adapter directory: ``adapter_config.json`` and the LoRA weights."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "adapter_config.json").write_text(adapter_config, encoding="utf-8")
+    save_arrays(directory / PEFT_WEIGHTS_FILE, names, arrays)
+    return directory
 
 
 def l2_norm(arrays: Sequence[NDArray[np.generic]]) -> float:

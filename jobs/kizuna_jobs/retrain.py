@@ -121,6 +121,11 @@ class RetrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     persona: str
+    job_name: str | None = Field(
+        default=None,
+        description="Set by a rollout (the RayJob's or the local job's name) so that it "
+        "finds this run and the candidate it registered.",
+    )
     datasets: list[str] = Field(
         default_factory=list,
         description="'name' (newest version) or 'name@version'; default: relabel-<persona>, "

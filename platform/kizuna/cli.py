@@ -27,6 +27,7 @@ from kizuna.model.generation import SamplingParams
 from kizuna.personas import ProfileError, UnknownPersonaError, load_profile
 from kizuna.personas.loader import profile_files
 from kizuna.personas.schema import PersonaProfile
+from kizuna.rollout.commands import rollout_app
 from kizuna.store.adapters import AdapterNotFoundError
 from kizuna.teacher.base import TeacherUnavailableError
 from kizuna.teacher.registry import DEFAULT_TEACHER, teacher_names
@@ -45,6 +46,7 @@ app.add_typer(personas_app, name="personas")
 app.add_typer(device_app, name="device")
 app.add_typer(db_app, name="db")
 app.add_typer(corpus_app, name="corpus")
+app.add_typer(rollout_app, name="rollout")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)

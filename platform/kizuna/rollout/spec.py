@@ -7,7 +7,7 @@ These models are also the ``spec`` of the custom resources (camelCase on the wir
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -82,6 +82,11 @@ class RolloutSpec(WireModel):
     persona: str = Field(min_length=1, max_length=32)
     candidate: int | None = Field(
         default=None, ge=1, description="An existing candidate version; none: retrain first."
+    )
+    retrain: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields of the retrain job's config (steps, datasets, teacher, warm "
+        "start, trainer); the job validates them.",
     )
     gates: Gates = Field(default_factory=Gates)
     policy: RolloutPolicy = Field(default_factory=RolloutPolicy)

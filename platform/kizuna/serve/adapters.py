@@ -1,16 +1,19 @@
 """Which adapter version serves a persona, and keeping it resident in the engine.
 
-A persona resolves to its stable version in the registry (or to an explicit
-``persona@version``). Lookups are cached for ``refresh_s`` seconds, so promoting a new
-stable version reaches traffic within that time, without restarting the replica.
+A persona resolves to its stable version in the registry, or, for the canary's share
+of requests, to its canary version (or to an explicit ``persona@version``). Lookups are
+cached for ``refresh_s`` seconds, so a promotion or a canary step reaches traffic within
+that time, without restarting the replica.
 Artifacts are fetched with their sha256 checked; a corrupted one is refused and the
 version already resident keeps serving.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +22,15 @@ from kizuna.artifacts import fetch_directory
 from kizuna.model.engine import Engine
 from kizuna.store import adapters as adapter_store
 from kizuna.store.models import Adapter
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The versions serving a persona: stable, and a canary with its traffic share."""
+
+    stable: int
+    canary: int | None = None
+    canary_weight: float = 0.0
 
 
 class AdapterRouter:
@@ -36,13 +48,17 @@ class AdapterRouter:
         self._sessions = sessions
         self._cache_dir = cache_dir
         self._refresh_s = refresh_s
-        self._stable: dict[str, tuple[int, float]] = {}
+        self._serving: dict[str, tuple[Serving, float]] = {}
         self._lock = threading.Lock()
+        self._coin = random.Random()
 
     def resolve(self, persona: str, version: int | None = None) -> tuple[str, int]:
         """The engine adapter name and the version serving ``persona`` (loaded if needed)."""
         if version is None:
-            version = self._stable_version(persona)
+            serving = self.serving(persona)
+            version = serving.stable
+            if serving.canary is not None and self._coin.random() < serving.canary_weight:
+                version = serving.canary
         name = f"{persona}@{version}"
         if name not in self._engine.resident:
             with self._lock:
@@ -50,27 +66,32 @@ class AdapterRouter:
                     self._load(persona, version, name)
         return name, version
 
-    def _stable_version(self, persona: str) -> int:
-        cached = self._stable.get(persona)
+    def serving(self, persona: str) -> Serving:
+        """The persona's stable and canary versions, read at most every ``refresh_s``."""
+        cached = self._serving.get(persona)
         if cached is not None and time.monotonic() - cached[1] < self._refresh_s:
             return cached[0]
         with self._sessions() as session:
-            version = adapter_store.stable_adapter(session, persona=persona).version
-        self._stable[persona] = (version, time.monotonic())
-        return version
+            stable = adapter_store.stable_adapter(session, persona=persona).version
+            canary = adapter_store.canary_adapter(session, persona=persona)
+        serving = Serving(stable)
+        if canary is not None:
+            serving = Serving(stable, canary.version, canary.traffic_weight)
+        self._serving[persona] = (serving, time.monotonic())
+        return serving
 
     def _load(self, persona: str, version: int, name: str) -> None:
         with self._sessions() as session:
             record = adapter_store.get_adapter(session, persona=persona, version=version)
         make_resident(self._engine, record, name=name, cache_dir=self._cache_dir)
 
-    def versions(self) -> dict[str, list[tuple[int, str]]]:
-        """Every persona's registered versions and statuses, for /v1/models."""
+    def versions(self) -> dict[str, list[tuple[int, str, float]]]:
+        """Every persona's versions with status and traffic share, for /v1/models."""
         with self._sessions() as session:
-            result: dict[str, list[tuple[int, str]]] = {}
+            result: dict[str, list[tuple[int, str, float]]] = {}
             for adapter in adapter_store.list_adapters(session):
                 result.setdefault(adapter.persona, []).append(
-                    (adapter.version, adapter.status.value)
+                    (adapter.version, adapter.status.value, adapter.traffic_weight)
                 )
         return result
 

@@ -151,19 +151,24 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
             {"id": BASE_MODEL_NAME, "object": "model", "owned_by": "kizuna"}
         ]
         for persona, versions in sorted(service.router.versions().items()):
-            stable = [v for v, status in versions if status == "stable"]
+            stable = [v for v, status, _ in versions if status == "stable"]
+            canary = [(v, w) for v, status, w in versions if status == "canary" and w > 0]
             data.append(
                 {
                     "id": persona,
                     "object": "model",
                     "owned_by": "kizuna",
                     "stable_version": stable[0] if stable else None,
-                    "versions": [{"version": v, "status": s} for v, s in versions],
+                    "canary_version": canary[0][0] if canary else None,
+                    "canary_weight": canary[0][1] if canary else 0.0,
+                    "versions": [
+                        {"version": v, "status": s, "traffic_weight": w} for v, s, w in versions
+                    ],
                 }
             )
             data += [
                 {"id": f"{persona}@{v}", "object": "model", "owned_by": "kizuna"}
-                for v, _ in versions
+                for v, _, _ in versions
             ]
         return {"object": "list", "data": data}
 

@@ -100,3 +100,50 @@ def set_status(session: Session, *, persona: str, version: int, status: AdapterS
     adapter.status = status
     session.flush()
     return adapter
+
+
+def set_canary(session: Session, *, persona: str, version: int, weight: float) -> Adapter:
+    """Serve ``version`` to ``weight`` of the persona's traffic; another canary steps back.
+
+    Idempotent: setting the same canary and weight again changes nothing.
+    """
+    if not 0 <= weight <= 1:
+        raise ValueError(f"a traffic share is in [0, 1], not {weight}")
+    adapter = get_adapter(session, persona=persona, version=version)
+    if adapter.status == AdapterStatus.STABLE:
+        raise ValueError(f"{persona} v{version} is the stable version; it cannot be a canary")
+    for other in session.scalars(
+        select(Adapter).where(
+            Adapter.persona == persona,
+            Adapter.status == AdapterStatus.CANARY,
+            Adapter.id != adapter.id,
+        )
+    ):
+        other.status, other.traffic_weight = AdapterStatus.CANDIDATE, 0.0
+    adapter.status, adapter.traffic_weight = AdapterStatus.CANARY, weight
+    session.flush()
+    return adapter
+
+
+def promote(session: Session, *, persona: str, version: int) -> Adapter:
+    """Make ``version`` stable (the old stable retires); idempotent."""
+    adapter = set_status(session, persona=persona, version=version, status=AdapterStatus.STABLE)
+    adapter.traffic_weight = 0.0
+    session.flush()
+    return adapter
+
+
+def roll_back(session: Session, *, persona: str, version: int) -> Adapter:
+    """Take ``version`` out of traffic and retire it; stable is untouched. Idempotent."""
+    adapter = get_adapter(session, persona=persona, version=version)
+    if adapter.status == AdapterStatus.STABLE:
+        raise ValueError(f"{persona} v{version} is stable; promote another version instead")
+    adapter.status, adapter.traffic_weight = AdapterStatus.RETIRED, 0.0
+    session.flush()
+    return adapter
+
+
+def canary_adapter(session: Session, *, persona: str) -> Adapter | None:
+    """The persona's canary with a non-zero traffic share, if it has one."""
+    canary = adapter_with_status(session, persona=persona, status=AdapterStatus.CANARY)
+    return canary if canary is not None and canary.traffic_weight > 0 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -104,3 +105,38 @@ def unlabelled_consented(
     if persona is not None:
         query = query.where(Interaction.persona == persona)
     return session.scalars(query).all()
+
+
+@dataclass(frozen=True)
+class ServedRequest:
+    """What a rollout needs of one interaction: when, how sure, how fast."""
+
+    created_at: datetime
+    entropy_mean: float
+    latency_ms: float
+
+
+def served_by(
+    session: Session, *, persona: str, version: int, since: datetime | None, limit: int = 5000
+) -> list[ServedRequest]:
+    """The newest requests of one persona that ``version`` answered (single-persona only)."""
+    query = (
+        select(
+            Interaction.created_at,
+            Interaction.entropy_mean,
+            Interaction.latency_ms,
+            Interaction.adapter_versions,
+        )
+        .where(Interaction.persona == persona)
+        .order_by(Interaction.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(Interaction.created_at >= since)
+    # The version sits in a JSON column; filtering it here stays portable across
+    # SQLite and PostgreSQL, and the persona + time window keeps the scan small.
+    return [
+        ServedRequest(created_at, entropy, latency)
+        for created_at, entropy, latency, versions in session.execute(query)
+        if versions.get(persona) == version
+    ]

@@ -156,6 +156,9 @@ class Adapter(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     lineage: Mapped[JsonDict] = mapped_column(default=dict)
     metrics: Mapped[JsonDict] = mapped_column(default=dict)
+    traffic_weight: Mapped[float] = mapped_column(
+        Float, default=0.0, comment="share of the persona's traffic a canary gets"
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -282,3 +285,23 @@ class Device(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column()
+
+
+class Rollout(Base):
+    """One rollout in the embedded backend: its spec, its recorded state, its history.
+
+    In a cluster the same spec and state live in a ``RetrainRun`` resource instead.
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    persona: Mapped[str] = mapped_column(String(32), index=True)
+    spec: Mapped[JsonDict] = mapped_column()
+    state: Mapped[JsonDict] = mapped_column(default=dict)
+    events: Mapped[list[JsonDict]] = mapped_column(
+        JSON, default=list, comment="[{at, action, phase}] in the order they took effect"
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -158,16 +158,25 @@ class RetrainConfig(BaseModel):
 def load_config(path: Path) -> RetrainConfig:
     """The config in ``path`` (YAML or JSON); errors name the file and the field."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
         raise UserError(f"cannot read {path}: {exc}") from exc
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str) -> RetrainConfig:
+    """A config from YAML or JSON text; errors name ``source`` and the field."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"cannot read {source}: {exc}") from exc
     try:
         return RetrainConfig.model_validate(data or {})
     except ValidationError as exc:
         fields = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()
         )
-        raise UserError(f"{path}: {fields}") from exc
+        raise UserError(f"{source}: {fields}") from exc
 
 
 # --- what the workers are given ------------------------------------------------------
@@ -805,10 +814,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kizuna_jobs.retrain", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--config", type=Path, required=True, help="YAML or JSON RetrainConfig.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="A YAML or JSON RetrainConfig file.")
+    source.add_argument(
+        "--config-json", help="The RetrainConfig as JSON text (how a RayJob passes it)."
+    )
     options = parser.parse_args(argv)
     try:
-        outcome = run_retrain(load_config(options.config), Settings())
+        config = (
+            load_config(options.config)
+            if options.config is not None
+            else parse_config(options.config_json, source="--config-json")
+        )
+        outcome = run_retrain(config, Settings())
     except (UserError, LookupError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

@@ -16,6 +16,7 @@ from kizuna_jobs.retrain import (
     deepspeed_config,
     load_config,
     logit_teacher_for,
+    parse_config,
     training_rows,
     warm_start_adapter,
 )
@@ -176,3 +177,10 @@ def test_deepspeed_config_is_zero_with_bf16_only_on_gpus() -> None:
     assert cpu["zero_optimization"] == {"stage": 2}
     assert cpu["train_micro_batch_size_per_gpu"] == 4
     assert (cpu["bf16"]["enabled"], gpu["bf16"]["enabled"]) == (False, True)
+
+
+def test_a_rayjob_passes_its_config_as_json_text() -> None:
+    config = parse_config('{"persona": "cool", "job_name": "cool-1-retrain"}', source="x")
+    assert config.job_name == "cool-1-retrain"
+    with pytest.raises(UserError, match="--config-json: stepz"):
+        parse_config('{"persona": "cool", "stepz": 1}', source="--config-json")

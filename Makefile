@@ -12,7 +12,7 @@ SETUP_STAMP := $(VENV)/.kizuna-setup-1
 PERSONAS := tsundere cheerful airhead sly cool gentle
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps demo test test-fast lint format bench chart clean
+.PHONY: help setup system-deps demo test test-fast lint format bench crds chart clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,13 +60,18 @@ format: setup ## Apply ruff's fixes and formatting
 bench: setup ## Run every benchmark; each prints one table
 	@for script in benchmarks/*.py; do echo "── $$script"; KIZUNA_DATA_DIR=$(DATA_DIR) $(PY) $$script || exit 1; done
 
-chart: setup ## helm lint and helm template the chart for every ci/*-values.yaml scenario
+crds: setup ## Regenerate charts/kizuna/crds from the resource models (commit the result)
+	$(PY) -m kizuna.rollout.crds charts/kizuna/crds
+
+chart: setup ## helm lint, render and validate every ci/*-values.yaml scenario (and the CRDs)
 	scripts/fetch-k8s-tools.sh .tools/bin
 	@for values in charts/kizuna/ci/*-values.yaml; do \
 	  echo "── $$values"; \
 	  .tools/bin/helm lint --strict charts/kizuna -f $$values || exit 1; \
-	  .tools/bin/helm template kizuna charts/kizuna -f $$values > /dev/null || exit 1; \
 	done
+	# Renders each scenario with helm and validates every object (Kubernetes schemas,
+	# the CRDs, KubeRay pod templates) and the operator's RBAC against its code.
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_chart.py
 
 clean: ## Remove caches (keeps .venv and the data dir)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache

@@ -59,3 +59,12 @@ def application(settings: Settings) -> serve.Application:
     values["api_tokens"] = [t.get_secret_value() for t in settings.api_tokens]
     values["ops_token"] = settings.ops_token.get_secret_value() if settings.ops_token else None
     return KizunaDeployment.options(num_replicas=settings.serve_replicas).bind(values)
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """Application builder for a Serve config file (KubeRay's ``serveConfigV2``).
+
+    Settings come from the environment and ``KIZUNA_CONFIG`` of the Ray pods; ``args``
+    (the config's ``args:``) may override any of them by name.
+    """
+    return application(Settings(**args))

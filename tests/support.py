@@ -1,11 +1,13 @@
 """Small pieces several test modules need: quiet progress, a free port, a local replica,
-a random adapter."""
+a random adapter, logged traffic."""
 
 import asyncio
 import socket
+import uuid
 from pathlib import Path
 
 import torch
+from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model
@@ -13,6 +15,8 @@ from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.generation import Generation
 from kizuna.model.lora import LoraShape, new_adapter
 from kizuna.serve.runtime import Replica, build_replica
+from kizuna.store.db import transaction
+from kizuna.store.interactions import InteractionRecord, log_interaction
 
 
 class QuietProgress:
@@ -53,3 +57,22 @@ def random_adapter(model_dir: Path, directory: Path, *, seed: int, rank: int) ->
             parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
     model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def log_served(
+    sessions: sessionmaker[Session], *, version: int, n: int, entropy: float = 1.0
+) -> None:
+    """Log ``n`` tsundere requests answered by ``version``, as the serving path does."""
+    with transaction(sessions) as session:
+        for _ in range(n):
+            record = InteractionRecord(
+                public_id=str(uuid.uuid4()),
+                request_text="Can you help me?",
+                output_text="Hmph. Fine.",
+                strength=1.0,
+                adapter_versions={"tsundere": version},
+                token_entropies=[entropy] * 4,
+                latency_ms=80.0,
+                persona="tsundere",
+            )
+            log_interaction(session, record=record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from kizuna.rollout.observe import current_traffic
 from kizuna.rollout.resources import AdapterVersions, PersonalityStatus
 from kizuna.store import adapters as adapter_store
 from kizuna.store.models import AdapterStatus
@@ -30,13 +31,8 @@ def apply_adapters(session: Session, persona: str, wanted: AdapterVersions) -> N
 
 
 def serving(session: Session, persona: str) -> PersonalityStatus:
-    """What the registry serves for ``persona`` now."""
-    stable = adapter_store.adapter_with_status(
-        session, persona=persona, status=AdapterStatus.STABLE
-    )
-    canary = adapter_store.canary_adapter(session, persona=persona)
+    """What the registry serves for ``persona`` now, as the Personality's status."""
+    traffic = current_traffic(session, persona)
     return PersonalityStatus(
-        stable=stable.version if stable else None,
-        canary=canary.version if canary else None,
-        canary_weight=canary.traffic_weight if canary else 0.0,
+        stable=traffic.stable, canary=traffic.canary, canary_weight=traffic.canary_weight
     )

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from kizuna.rollout.resources import RetrainRunSpec
 from kizuna.store import adapters, runs
 from kizuna.store.db import make_engine, session_factory, transaction
-from kizuna.store.interactions import InteractionRecord, log_interaction
 from kizuna.store.models import AdapterStatus, RunKind, RunPhase
 from kizuna_operator import handlers
 from kizuna_operator.cluster import PERSONALITIES, RAY, Resource
 from kizuna_operator.objects import JobTemplate, job_observation, ray_job
 from kizuna_operator.permissions import CLIENT, Permission
+from support import log_served
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "charts" / "kizuna" / "examples"
 NAMESPACE = "kizuna"
@@ -153,21 +153,7 @@ def finish_job(memo: kopf.Memo, run: dict[str, Any], *, succeeded: bool) -> None
 
 
 def serve(memo: kopf.Memo, version: int, n: int) -> None:
-    with transaction(memo.sessions) as session:
-        for _ in range(n):
-            log_interaction(
-                session,
-                record=InteractionRecord(
-                    public_id=str(uuid.uuid4()),
-                    request_text="hi",
-                    output_text="hmph",
-                    strength=1.0,
-                    adapter_versions={"tsundere": version},
-                    token_entropies=[1.0, 1.0],
-                    latency_ms=40.0,
-                    persona="tsundere",
-                ),
-            )
+    log_served(memo.sessions, version=version, n=n)
 
 
 def serving(memo: kopf.Memo) -> tuple[int, int | None, float]:

@@ -16,8 +16,8 @@ from kizuna.rollout.spec import Gates, RolloutPolicy, RolloutSpec
 from kizuna.rollout.state import Phase
 from kizuna.store import adapters, rollouts
 from kizuna.store.db import transaction
-from kizuna.store.interactions import InteractionRecord, log_interaction
 from kizuna.store.models import AdapterStatus, utcnow
+from support import log_served
 
 GOOD = {
     "style_accuracy": 0.9,
@@ -44,20 +44,7 @@ def backend(sessions: sessionmaker[Session], tmp_path: Path) -> LocalBackend:
 
 
 def serve(backend: LocalBackend, version: int, n: int, *, entropy: float = 1.0) -> None:
-    """Log ``n`` answered requests of ``version`` as the serving path does."""
-    with transaction(backend.sessions) as session:
-        for _ in range(n):
-            record = InteractionRecord(
-                public_id=str(uuid.uuid4()),
-                request_text="Can you help me?",
-                output_text="Hmph. Fine.",
-                strength=1.0,
-                adapter_versions={"tsundere": version},
-                token_entropies=[entropy] * 4,
-                latency_ms=80.0,
-                persona="tsundere",
-            )
-            log_interaction(session, record=record)
+    log_served(backend.sessions, version=version, n=n, entropy=entropy)
 
 
 def traffic(backend: LocalBackend) -> tuple[int, int | None, float]:

@@ -37,7 +37,7 @@ def observe(
     job: JobObservation | None,
 ) -> Observed:
     """The world as the rollout's reconcile needs it."""
-    traffic = _traffic(session, spec.persona)
+    traffic = current_traffic(session, spec.persona)
     live = baseline = LiveMetrics()
     if state.candidate is not None and state.step_started_at is not None:
         live = live_metrics(
@@ -64,7 +64,8 @@ def observe(
     )
 
 
-def _traffic(session: Session, persona: str) -> Traffic:
+def current_traffic(session: Session, persona: str) -> Traffic:
+    """Which versions serve ``persona`` now, from the registry."""
     stable = adapter_store.adapter_with_status(
         session, persona=persona, status=AdapterStatus.STABLE
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol, cast
 
-from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from kizuna.rollout.kube import custom_objects_api
 from kizuna.rollout.resources import GROUP, VERSION
 
 Resource = tuple[str, str, str]  # group, version, plural
@@ -39,11 +39,7 @@ class KubernetesCluster:
     """:class:`Cluster` on the official client, in-cluster or from a kubeconfig."""
 
     def __init__(self) -> None:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        self._api = client.CustomObjectsApi()
+        self._api = custom_objects_api()
 
     def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None on 404."""

@@ -741,6 +741,31 @@ def personas_validate(
         raise typer.Exit(code=2)
 
 
+@app.command()
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="Address to bind; default: setting.")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port; default: the setting (8080).")
+    ] = None,
+) -> None:
+    """Serve the ops dashboard: personas, traffic, rounds, runs, rollouts and actions.
+
+    Sign in with KIZUNA_OPS_TOKEN; without one a token is generated in the data dir and
+    printed once. Embedded rollouts started here are driven by this process.
+    """
+    import uvicorn
+
+    from kizuna.dashboard.server import dashboard_app
+
+    config = settings()
+    web, created = dashboard_app(config)
+    if created is not None:
+        out.print(f"ops token (kept in the data dir, shown once): {created}")
+    bind = (host or config.dashboard_host, port or config.dashboard_port)
+    out.print(f"dashboard on http://{bind[0]}:{bind[1]}/")
+    uvicorn.run(web, host=bind[0], port=bind[1], log_level="warning")
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",

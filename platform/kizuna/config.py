@@ -109,7 +109,27 @@ class Settings(BaseSettings):
         "list (KIZUNA_API_TOKENS), never from code.",
     )
     ops_token: SecretStr | None = Field(
-        default=None, description="Token for the ops dashboard (KIZUNA_OPS_TOKEN)."
+        default=None,
+        description="Token for the ops dashboard (KIZUNA_OPS_TOKEN); `kizuna dashboard` "
+        "generates one in the data dir when none is set.",
+    )
+    dashboard_host: str = Field(default="127.0.0.1", description="Address the dashboard binds.")
+    dashboard_port: int = Field(default=8080, ge=1, le=65535, description="Dashboard port.")
+    dashboard_user_header: str | None = Field(
+        default=None,
+        description="Header an OIDC proxy (oauth2-proxy, IAP) sets to the signed-in user, "
+        "e.g. X-Auth-Request-Email; set it only when every request passes that proxy.",
+    )
+    rollout_backend: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="Where the dashboard's actions go: the embedded backend, or the "
+        "Personality/RetrainRun resources of a cluster.",
+    )
+    kubernetes_namespace: str = Field(
+        default="default", description="Namespace of the custom resources (kubernetes backend)."
+    )
+    rollout_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between passes of embedded rollouts."
     )
     teacher_url: str | None = Field(
         default=None,

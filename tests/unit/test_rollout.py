@@ -177,6 +177,14 @@ STORIES = [
         id="report-gate-fails",
     ),
     pytest.param(
+        EXISTING.model_copy(update={"override_gates": True}),
+        World(report={**GOOD_REPORT, "style_accuracy": 0.41}),
+        [RecordCandidate(4), SetCanary(4, 0.1, 0), SetCanary(4, 0.5, 1), Promote(4)],
+        Phase.PROMOTED,
+        (4, None),
+        id="offline-gates-overridden-by-an-operator",
+    ),
+    pytest.param(
         EXISTING,
         World(live=degrading),
         [

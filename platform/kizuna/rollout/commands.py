@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from kizuna.config import Settings
-from kizuna.rollout.local import LocalBackend
+from kizuna.rollout.local import LocalBackend, default_gates
 from kizuna.rollout.reconcile import Plan
-from kizuna.rollout.spec import Gates, RolloutPolicy, RolloutSpec
+from kizuna.rollout.spec import RolloutPolicy, RolloutSpec
 from kizuna.rollout.state import Phase, RolloutState
 from kizuna.store import rollouts as rollout_store
 from kizuna.store.db import open_store
@@ -30,18 +30,6 @@ err = Console(stderr=True, soft_wrap=True)
 
 Name = Annotated[str, typer.Argument(help="The rollout's name (see `kizuna rollout status`).")]
 Interval = Annotated[float, typer.Option(min=0.1, help="Seconds between checks while waiting.")]
-
-
-def default_gates(settings: Settings, persona: str) -> Gates:
-    """The rollout gates of ``persona`` from its evaluation thresholds in the settings."""
-    thresholds = settings.gates_for(persona)
-    return Gates(
-        min_style_accuracy=thresholds.min_style_accuracy,
-        min_content_preservation=thresholds.min_content_preservation,
-        max_latency_ms=thresholds.max_latency_ms_gpu
-        if settings.device == "cuda"
-        else thresholds.max_latency_ms_cpu,
-    )
 
 
 def _backend() -> tuple[Settings, LocalBackend]:

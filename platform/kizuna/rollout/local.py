@@ -26,7 +26,7 @@ from kizuna.rollout.actions import Action, CreateJob, Promote, RollBack, SetCana
 from kizuna.rollout.driver import step
 from kizuna.rollout.observe import observe, retrain_run
 from kizuna.rollout.reconcile import Plan
-from kizuna.rollout.spec import RolloutSpec
+from kizuna.rollout.spec import Gates, RolloutSpec
 from kizuna.rollout.state import JobObservation, JobPhase, RolloutState
 from kizuna.store import adapters as adapter_store
 from kizuna.store import rollouts as rollout_store
@@ -34,6 +34,18 @@ from kizuna.store.db import transaction
 from kizuna.store.models import utcnow
 
 Progress = Callable[[RolloutState, Plan], None]
+
+
+def default_gates(settings: Settings, persona: str) -> Gates:
+    """The rollout gates of ``persona`` from its evaluation thresholds in the settings."""
+    thresholds = settings.gates_for(persona)
+    return Gates(
+        min_style_accuracy=thresholds.min_style_accuracy,
+        min_content_preservation=thresholds.min_content_preservation,
+        max_latency_ms=thresholds.max_latency_ms_gpu
+        if settings.device == "cuda"
+        else thresholds.max_latency_ms_cpu,
+    )
 
 
 class LocalJobs:

@@ -90,6 +90,11 @@ class RolloutSpec(WireModel):
     )
     gates: Gates = Field(default_factory=Gates)
     policy: RolloutPolicy = Field(default_factory=RolloutPolicy)
+    override_gates: bool = Field(
+        default=False,
+        description="Start the canary although the offline gates fail: an operator's "
+        "decision (the live gates still apply).",
+    )
     paused: bool = Field(default=False, description="Take no action until unpaused.")
     decision: Decision | None = Field(
         default=None, description="An operator's manual decision for a running canary."

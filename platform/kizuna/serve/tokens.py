@@ -26,7 +26,13 @@ def ensure_api_token(settings: Settings) -> tuple[Settings, str | None]:
     """
     if settings.api_tokens:
         return settings, None
-    path = token_path(settings)
+    token, created = stored_token(token_path(settings))
+    return settings.model_copy(update={"api_tokens": [SecretStr(token)]}), created
+
+
+def stored_token(path: Path) -> tuple[str, str | None]:
+    """The token kept in ``path``, written there first (mode 0600) if missing; the second
+    value is the token when it was created just now."""
     created = None
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,8 +40,7 @@ def ensure_api_token(settings: Settings) -> tuple[Settings, str | None]:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(created)
-    token = path.read_text().strip()
-    return settings.model_copy(update={"api_tokens": [SecretStr(token)]}), created
+    return path.read_text().strip(), created
 
 
 def client_token(settings: Settings) -> str | None:

@@ -1,0 +1,1 @@
+"""The ops dashboard: see the loop, trigger retrains, promote and roll back."""

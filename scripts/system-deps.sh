@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests need (PostgreSQL server) from Debian's
+# Installs the system packages the tests need (PostgreSQL server, Chromium for the
+# dashboard's browser tests) from Debian's
 # repositories when they are missing. Safe to re-run; does nothing when all are present.
 set -euo pipefail
 
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system-deps: all present"

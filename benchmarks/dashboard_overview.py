@@ -1,9 +1,11 @@
 """Dashboard page time as the interaction log grows: 1k vs 100k interactions.
 
-A temporary SQLite store holds the six personas, three evaluated versions each, one
-retrain run and N interactions spread over the personas and the last day; each page is
-served by the real app (in-process ASGI client, signed in) five times, and the median is
-reported with its ratio to the 1k-interaction store measured in the same run.
+A temporary SQLite store holds the six personas, three evaluated versions each, and N
+interactions spread over the personas and the last day; each page is served by the real
+app (in-process ASGI client, signed in) five times, and the median is reported with its
+ratio to the 1k-interaction store measured in the same run. With Chromium installed, the
+overview is also loaded in headless Chromium from uvicorn on loopback (navigation
+duration: request to load event, median of 5).
 
     python benchmarks/dashboard_overview.py [--sizes 1000 100000]
 """
@@ -12,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
+import socket
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -100,27 +105,74 @@ def page_times(settings: Settings) -> dict[str, float]:
     return times
 
 
+def browser_load_ms(settings: Settings) -> float | None:
+    """Median navigation time of the overview in headless Chromium, if it is installed."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return None
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    sessions = open_store(settings.resolved_database_url)
+    app = build_app(
+        access=Access(TOKEN),
+        sessions=sessions,
+        backend=LocalOps(settings, sessions),
+        personas_dir=settings.resolved_personas_dir,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_context(
+                extra_http_headers={"Authorization": f"Bearer {TOKEN}"}
+            ).new_page()
+            samples = []
+            for _ in range(5):
+                page.goto(f"http://127.0.0.1:{port}/")
+                samples.append(
+                    page.evaluate("performance.getEntriesByType('navigation')[0].duration")
+                )
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join()
+    return float(statistics.median(samples))
+
+
 def main() -> None:
     """Measure every size and print one table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     sizes = parser.parse_args().sizes
-    results = {}
+    results: dict[int, dict[str, float]] = {}
+    browser: dict[int, float | None] = {}
     for size in sizes:
         with tempfile.TemporaryDirectory() as directory:
             settings = Settings(data_dir=Path(directory))
             populate(settings, size)
             results[size] = page_times(settings)
+            browser[size] = browser_load_ms(settings)
     table = Table(title="dashboard pages (median of 5, 6 personas, in-process ASGI, SQLite)")
     table.add_column("interactions", justify="right")
     for path in PAGES:
         table.add_column(f"{path} ms", justify="right")
         table.add_column("÷ smallest", justify="right")
+    table.add_column("overview in Chromium ms", justify="right")
     base = results[sizes[0]]
     for size in sizes:
         cells = [f"{size:,}"]
         for path in PAGES:
             cells += [f"{results[size][path]:.1f}", f"{results[size][path] / base[path]:.2f}"]
+        loaded = browser[size]
+        cells.append(f"{loaded:.0f}" if loaded is not None else "no chromium")
         table.add_row(*cells)
     Console().print(table)
 

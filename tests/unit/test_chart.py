@@ -19,6 +19,7 @@ import yaml
 
 from kizuna.config import Settings
 from kizuna.rollout import crds
+from kizuna.rollout.backends import KUBERNETES_GRANTS
 from kizuna.rollout.resources import RetrainRunSpec
 from kizuna_operator.objects import JobTemplate, ray_job
 from kizuna_operator.permissions import CLUSTER, NAMESPACED, Permission
@@ -122,6 +123,21 @@ def test_the_operator_may_do_exactly_what_its_code_does(helm: Path, values: Path
                 }
     assert granted["Role"] == NAMESPACED
     assert granted["ClusterRole"] == CLUSTER
+
+
+def test_the_dashboard_may_do_exactly_what_its_backend_does(helm: Path) -> None:
+    objects = rendered(helm, CHART / "ci" / "gpu-cluster-values.yaml")
+    role = next(
+        o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-dashboard")
+    )
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == KUBERNETES_GRANTS
 
 
 def test_the_chart_ships_the_crds_the_models_define() -> None:

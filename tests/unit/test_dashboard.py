@@ -17,7 +17,7 @@ from kizuna.config import Settings
 from kizuna.dashboard.app import build_app
 from kizuna.dashboard.auth import SESSION_COOKIE, Access
 from kizuna.personas.loader import profile_files
-from kizuna.rollout.backends import KubernetesOps, LocalOps
+from kizuna.rollout.backends import KUBERNETES_GRANTS, KubernetesOps, LocalOps
 from kizuna.rollout.resources import RetrainRunSpec
 from kizuna.store import adapters, runs
 from kizuna.store.audit import list_audit
@@ -227,14 +227,18 @@ class FakeCustomObjects:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.grants: set[tuple[str, str, str]] = set()
 
     def create_namespaced_custom_object(self, *args: Any) -> None:
         self.calls.append(("create", args))
+        self.grants.add((args[0], args[3], "create"))
 
     def patch_namespaced_custom_object(self, *args: Any) -> None:
         self.calls.append(("patch", args))
+        self.grants.add((args[0], args[3], "patch"))
 
     def list_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        self.grants.add((args[0], args[3], "list"))
         return {
             "items": [
                 {
@@ -255,7 +259,7 @@ def test_in_a_cluster_actions_are_custom_resources(
     ops.retrain("tsundere", {"trainer": {"steps": 10}}, name="tsundere-retrain-1")
     ops.decide("tsundere-retrain-1", "rollback")
     ops.pause("tsundere", True)
-    (_, create), (_, decide), (_, pause) = api.calls
+    (_, create), (_, decide), (_, pause) = api.calls[:3]
     group, version, namespace, plural, body = create
     assert (group, version, namespace, plural) == ("kizuna.ai", "v1alpha1", "kizuna", "retrainruns")
     assert RetrainRunSpec.model_validate(body["spec"]).trainer.steps == 10
@@ -263,6 +267,9 @@ def test_in_a_cluster_actions_are_custom_resources(
     assert pause[3:] == ("personalities", "tsundere", {"spec": {"paused": True}})
     [view] = ops.rollouts()
     assert (view.phase, view.candidate, view.weight) == ("Canary", 7, 0.1)
+    ops.start_canary("tsundere", 7, name="tsundere-v7-1", override=False)
+    assert api.calls[-1][1][-1]["spec"] == {"persona": "tsundere", "candidate": 7}
+    assert api.grants == KUBERNETES_GRANTS  # what the chart's dashboard Role allows
     with pytest.raises(ValueError):
         ops.start_canary("tsundere", 7, name="x", override=True)
 

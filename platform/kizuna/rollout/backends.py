@@ -133,6 +133,16 @@ def _local_view(row: Rollout) -> RolloutView:
     )
 
 
+#: What :class:`KubernetesOps` calls, as (API group, resource, verb): the chart grants
+#: the dashboard exactly these (a test compares).
+KUBERNETES_GRANTS = {
+    (GROUP, "retrainruns", "create"),
+    (GROUP, "retrainruns", "patch"),
+    (GROUP, "retrainruns", "list"),
+    (GROUP, "personalities", "patch"),
+}
+
+
 class KubernetesOps:
     """Actions as custom resources in ``kubernetes_namespace``; the operator acts on them."""
 

@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from rich.console import Console
 from rich.table import Table
@@ -84,15 +85,20 @@ def populate(settings: Settings, interactions: int) -> None:
             session.execute(insert(Interaction), rows[start : start + 10_000])
 
 
-def page_times(settings: Settings) -> dict[str, float]:
-    """Median milliseconds of each page, signed in."""
+def dashboard(settings: Settings) -> FastAPI:
+    """The dashboard on the benchmark's store; scripts sign in with the Bearer token."""
     sessions = open_store(settings.resolved_database_url)
-    app = build_app(
+    return build_app(
         access=Access(TOKEN),
         sessions=sessions,
         backend=LocalOps(settings, sessions),
         personas_dir=settings.resolved_personas_dir,
     )
+
+
+def page_times(settings: Settings) -> dict[str, float]:
+    """Median milliseconds of each page, signed in."""
+    app = dashboard(settings)
     client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
     times = {}
     for path in PAGES:
@@ -113,13 +119,7 @@ def browser_load_ms(settings: Settings) -> float | None:
     import uvicorn
     from playwright.sync_api import sync_playwright
 
-    sessions = open_store(settings.resolved_database_url)
-    app = build_app(
-        access=Access(TOKEN),
-        sessions=sessions,
-        backend=LocalOps(settings, sessions),
-        personas_dir=settings.resolved_personas_dir,
-    )
+    app = dashboard(settings)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

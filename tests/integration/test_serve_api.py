@@ -262,3 +262,37 @@ def test_overload_is_a_429_with_retry_after(make_replica) -> None:
     assert response.status_code == 429 and response.headers["Retry-After"] == "1"
     replica.service._in_flight = 0
     assert client.post("/v1/transform", json=BODY, headers=AUTH).status_code == 200
+
+
+def _body(text: str) -> str:
+    return json.dumps({"text": text, "persona": "tsundere", "max_new_tokens": 4})
+
+
+CRAFTED = {
+    "1 MB body": (_body("a" * 1_000_000), {413}),
+    "10,000-deep array": ("[" * 10_000 + "]" * 10_000, {400, 422}),
+    "10,000-deep object": ('{"text":' + '{"a":' * 10_000 + "1" + "}" * 10_001, {400, 422}),
+    "lone surrogate": ('{"text":"\\ud800 hi","persona":"tsundere"}', {422}),
+    "lone surrogate in chat": (
+        '{"model":"tsundere","messages":[{"role":"user","content":"\\udc00"}]}',
+        {422},
+    ),
+    "NUL": (_body("hi\x00there"), {200, 422}),
+    "bidi override": (_body("hi \u202e dlrow"), {200}),
+    "10,000 combining marks": (_body("a" + "\u0301" * 10_000), {422}),
+    "invalid UTF-8": (b'{"text":"\xff\xfe","persona":"tsundere"}', {400, 422}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+@pytest.mark.parametrize("path", ["/v1/transform", "/v1/chat/completions"])
+def test_crafted_inputs_never_get_a_server_error(make_replica, name: str, path: str) -> None:
+    payload, expected = CRAFTED[name]
+    _, client = make_replica()
+    client = TestClient(client.app, raise_server_exceptions=False)
+    response = client.post(
+        path, content=payload, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code < 500, response.text
+    if path == "/v1/transform":
+        assert response.status_code in expected, response.text

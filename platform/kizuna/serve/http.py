@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from kizuna import __version__
@@ -73,6 +74,14 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
         service.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         service.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> Response:
+        # Only where and why, never the input back: it may be huge, or text that
+        # cannot be encoded (which FastAPI's default handler turns into a 500).
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        body = json.dumps({"detail": detail}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(BadRequestError)
     async def bad_request(_: Request, exc: BadRequestError) -> JSONResponse:

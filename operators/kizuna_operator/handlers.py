@@ -24,17 +24,16 @@ from sqlalchemy.orm import Session
 from kizuna.config import Settings
 from kizuna.rollout.actions import Action, CreateJob, Promote, RollBack, SetCanary, describe
 from kizuna.rollout.driver import step
+from kizuna.rollout.effects import move_traffic
 from kizuna.rollout.observe import observe, retrain_run
 from kizuna.rollout.resources import (
     GROUP,
     VERSION,
-    AdapterVersions,
     PersonalitySpec,
     RetrainRunSpec,
 )
 from kizuna.rollout.spec import RolloutSpec
 from kizuna.rollout.state import JobObservation, JobPhase, Phase
-from kizuna.store import adapters as adapter_store
 from kizuna.store.db import open_store, transaction
 from kizuna.store.models import utcnow
 from kizuna_operator.cluster import PERSONALITIES, RAY, Cluster, KubernetesCluster
@@ -125,7 +124,7 @@ def reconcile_run(
         world = observe(session, rollout, state, now=utcnow(), job=job)
 
     def effect(action: Action) -> None:
-        _act(memo, namespace, body, run, personality, action)
+        _act(memo, namespace, body, run, action)
 
     def record(_: object, action: Action) -> None:
         logger.info(describe(action))  # kopf posts INFO as an event on the RetrainRun
@@ -148,45 +147,31 @@ def _job(
 
 
 def _act(
-    memo: kopf.Memo,
-    namespace: str,
-    owner: kopf.Body,
-    run: RetrainRunSpec,
-    personality: PersonalitySpec,
-    action: Action,
+    memo: kopf.Memo, namespace: str, owner: kopf.Body, run: RetrainRunSpec, action: Action
 ) -> None:
     """Take one action's effect: a RayJob, or the registry plus the Personality's pins."""
-    persona = run.persona
-    match action:
-        case CreateJob(job_name):
-            job = ray_job(job_name, run, memo.template)
-            kopf.adopt(job, owner=owner)  # deleted with its RetrainRun
-            memo.cluster.create(RAY, namespace, job)
-            return
-        case SetCanary(version, weight, _):
-            pins = AdapterVersions(stable=None, canary=version, canary_weight=weight)
-        case Promote(version):
-            pins = AdapterVersions(stable=version, canary=None, canary_weight=0.0)
-        case RollBack(version):
-            pins = AdapterVersions(stable=None, canary=None, canary_weight=0.0)
-        case _:
-            return
+    if isinstance(action, CreateJob):
+        job = ray_job(action.name, run, memo.template)
+        kopf.adopt(job, owner=owner)  # deleted with its RetrainRun
+        memo.cluster.create(RAY, namespace, job)
+        return
+    _move(memo, namespace, run.persona, action)
+
+
+def _move(memo: kopf.Memo, namespace: str, persona: str, action: Action) -> None:
     with _store(memo) as session:
-        match action:
-            case SetCanary(version, weight, _):
-                adapter_store.set_canary(session, persona=persona, version=version, weight=weight)
-            case Promote(version):
-                adapter_store.promote(session, persona=persona, version=version)
-            case RollBack(version):
-                adapter_store.roll_back(session, persona=persona, version=version)
-    # Pin the Personality to what now serves, so that its own handler keeps it there.
-    pinned = {"stable": pins.stable or personality.adapters.stable, "canary": pins.canary}
-    memo.cluster.patch(
-        PERSONALITIES,
-        namespace,
-        persona,
-        {"spec": {"adapters": {**pinned, "canaryWeight": pins.canary_weight}}},
-    )
+        if not move_traffic(session, persona, action):
+            return
+    # Pin the Personality to what now serves, so that its own handler keeps it there
+    # (a merge patch: a key left out keeps its value, None removes it).
+    match action:
+        case SetCanary(version, weight, _):
+            pins: dict[str, Any] = {"canary": version, "canaryWeight": weight}
+        case Promote(version):
+            pins = {"stable": version, "canary": None, "canaryWeight": 0.0}
+        case _:  # RollBack: stable is left as it is
+            pins = {"canary": None, "canaryWeight": 0.0}
+    memo.cluster.patch(PERSONALITIES, namespace, persona, {"spec": {"adapters": pins}})
 
 
 @kopf.on.delete(GROUP, VERSION, "retrainruns")
@@ -198,12 +183,5 @@ def withdraw_canary(
     state = state_from_status(dict(status))
     if state.phase != Phase.CANARY or state.candidate is None:
         return
-    persona = str(spec["persona"])
-    with _store(memo) as session:
-        adapter_store.roll_back(session, persona=persona, version=state.candidate)
-    memo.cluster.patch(
-        PERSONALITIES,
-        namespace,
-        persona,
-        {"spec": {"adapters": {"canary": None, "canaryWeight": 0.0}}},
-    )
+    withdrawn = RollBack(state.candidate, "its RetrainRun was deleted")
+    _move(memo, namespace, str(spec["persona"]), withdrawn)

@@ -80,13 +80,10 @@ class LocalOps:
         self.settings = settings
         self.backend = LocalBackend(settings, sessions)
 
-    def _start(self, spec: RolloutSpec) -> None:
-        self.backend.start(spec)
-
     def retrain(self, persona: str, job: dict[str, Any], *, name: str) -> None:
         """Record a rollout that retrains first."""
         gates = default_gates(self.settings, persona)
-        self._start(RolloutSpec(name=name, persona=persona, retrain=job, gates=gates))
+        self.backend.start(RolloutSpec(name=name, persona=persona, retrain=job, gates=gates))
 
     def start_canary(self, persona: str, candidate: int, *, name: str, override: bool) -> None:
         """Record a rollout of an existing candidate."""
@@ -94,7 +91,7 @@ class LocalOps:
         spec = RolloutSpec(
             name=name, persona=persona, candidate=candidate, gates=gates, override_gates=override
         )
-        self._start(spec)
+        self.backend.start(spec)
 
     def decide(self, name: str, decision: Decision) -> None:
         """Set the decision and act on it at once."""
@@ -110,7 +107,7 @@ class LocalOps:
     def rollouts(self) -> list[RolloutView]:
         """From the store."""
         with self.backend.sessions() as session:
-            return [_local_view(row) for row in rollout_store.list_rollouts(session)]
+            return [local_view(row) for row in rollout_store.list_rollouts(session)]
 
     def drive(self) -> None:
         """One pass over every running, unpaused rollout (errors are the rollout's own)."""
@@ -119,7 +116,8 @@ class LocalOps:
                 self.backend.step(view.name)
 
 
-def _local_view(row: Rollout) -> RolloutView:
+def local_view(row: Rollout) -> RolloutView:
+    """A rollout row of the store as an operator sees it."""
     state = RolloutState.model_validate(row.state)
     return RolloutView(
         name=row.name,

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kizuna.config import Settings
+from kizuna.rollout.backends import local_view
 from kizuna.rollout.local import LocalBackend, default_gates
 from kizuna.rollout.reconcile import Plan
 from kizuna.rollout.spec import RolloutPolicy, RolloutSpec
@@ -152,14 +153,14 @@ def show_status(
     settings = Settings()
     table = Table("name", "persona", "phase", "candidate", "canary share", "last action")
     with open_store(settings.resolved_database_url)() as session:
-        for row in rollout_store.list_rollouts(session, persona=persona):
-            state = RolloutState.model_validate(row.state)
-            table.add_row(
-                row.name,
-                row.persona,
-                state.phase.value,
-                f"v{state.candidate}" if state.candidate else "-",
-                f"{state.weight:.0%}" if state.phase == Phase.CANARY else "-",
-                state.message,
-            )
+        views = [local_view(row) for row in rollout_store.list_rollouts(session, persona=persona)]
+    for view in views:
+        table.add_row(
+            view.name,
+            view.persona,
+            view.phase,
+            f"v{view.candidate}" if view.candidate else "-",
+            f"{view.weight:.0%}" if view.phase == Phase.CANARY else "-",
+            view.message,
+        )
     out.print(table)

@@ -22,8 +22,9 @@ import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.config import Settings
-from kizuna.rollout.actions import Action, CreateJob, Promote, RollBack, SetCanary, describe
+from kizuna.rollout.actions import Action, CreateJob, describe
 from kizuna.rollout.driver import step
+from kizuna.rollout.effects import move_traffic
 from kizuna.rollout.observe import observe, retrain_run
 from kizuna.rollout.reconcile import Plan
 from kizuna.rollout.spec import Gates, RolloutSpec
@@ -129,9 +130,8 @@ class LocalBackend:
     def decide(self, name: str, changes: dict[str, Any]) -> None:
         """Change the rollout's spec: pause it, or decide its canary by hand."""
         with transaction(self.sessions) as session:
-            spec = RolloutSpec.model_validate(rollout_store.get_rollout(session, name=name).spec)
-            updated = spec.model_copy(update=changes)
-            RolloutSpec.model_validate(updated.model_dump())  # the changes are valid too
+            spec = rollout_store.get_rollout(session, name=name).spec
+            updated = RolloutSpec.model_validate({**spec, **changes})  # refuse bad changes
             rollout_store.update_spec(session, name=name, changes=updated.model_dump(mode="json"))
 
     def step(self, name: str, *, now: datetime | None = None) -> tuple[RolloutState, Plan]:
@@ -166,18 +166,9 @@ class LocalBackend:
                 time.sleep(interval_s)
 
     def _effect(self, spec: RolloutSpec, action: Action) -> None:
-        match action:
-            case CreateJob(job_name):
-                config = {**spec.retrain, "persona": spec.persona, "job_name": job_name}
-                self.jobs.create(job_name, config)
-                return
+        if isinstance(action, CreateJob):
+            config = {**spec.retrain, "persona": spec.persona, "job_name": action.name}
+            self.jobs.create(action.name, config)
+            return
         with transaction(self.sessions) as session:
-            match action:
-                case SetCanary(version, weight, _):
-                    adapter_store.set_canary(
-                        session, persona=spec.persona, version=version, weight=weight
-                    )
-                case Promote(version):
-                    adapter_store.promote(session, persona=spec.persona, version=version)
-                case RollBack(version):
-                    adapter_store.roll_back(session, persona=spec.persona, version=version)
+            move_traffic(session, spec.persona, action)

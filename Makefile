@@ -9,7 +9,6 @@ PY := $(BIN)/python
 DATA_DIR ?= $(CURDIR)/.data
 # Bumping this (or editing pyproject.toml) re-runs the install on the next `make setup`.
 SETUP_STAMP := $(VENV)/.kizuna-setup-1
-PERSONAS := tsundere cheerful airhead sly cool gentle
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-deps demo test test-fast lint format bench crds chart clean
@@ -32,13 +31,8 @@ $(SETUP_STAMP): pyproject.toml
 system-deps: ## Install the system packages the tests need (PostgreSQL), as root
 	scripts/system-deps.sh
 
-demo: setup ## Bootstrap the embedded model and show a transform in every persona
-	KIZUNA_DATA_DIR=$(DATA_DIR) $(BIN)/kizuna bootstrap
-	@for persona in $(PERSONAS); do \
-	  echo "── $$persona"; \
-	  KIZUNA_DATA_DIR=$(DATA_DIR) $(BIN)/kizuna transform "I can help you with this problem." \
-	    --persona $$persona --strength 0.8 --max-new-tokens 40 || exit 1; \
-	done
+demo: setup ## Run the whole loop here (serve, traffic, relabel, federate, retrain, canary → stable)
+	KIZUNA_DATA_DIR=$(DATA_DIR) $(BIN)/kizuna demo
 
 test: setup system-deps lint chart ## Lint, check the chart, then run every test tier
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -8,9 +8,6 @@ ChatML chat template like SmolLM2's. Nothing is downloaded.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from kizuna.config import Settings
 from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
 from kizuna.store.db import make_engine, session_factory, upgrade
-from support import QuietProgress, free_port
+from support import PostgresServer, QuietProgress
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
@@ -115,52 +112,16 @@ def bootstrapped(settings: Settings) -> Settings:
 # --- PostgreSQL: a throwaway server per test session, started by the tests themselves ---
 
 
-def _pg_bin() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return candidates[-1].parent if candidates else None
-
-
-def _as_server_user(command: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; CI runs as root, so run it as 'postgres'.
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     if url := os.environ.get("KIZUNA_TEST_POSTGRES_URL"):
         yield url
         return
-    bindir = _pg_bin()
-    if bindir is None:
-        message = "PostgreSQL is not installed; run scripts/system-deps.sh (make test does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="kizuna-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run(
-        _as_server_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "kizuna"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg_ctl = str(bindir / "pg_ctl")
-    subprocess.run(
-        _as_server_user(
-            [pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]
-        ),
-        check=True,
-        capture_output=True,
-    )
+    server = PostgresServer.create()
     try:
-        yield f"postgresql+psycopg://kizuna@127.0.0.1:{port}/postgres"
+        yield server.url
     finally:
-        subprocess.run(
-            _as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), check=False
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
 
 
 def _reset_postgres(url: str) -> None:

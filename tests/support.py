@@ -2,10 +2,16 @@
 a random adapter, logged traffic."""
 
 import asyncio
+import contextlib
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
+import pytest
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,3 +82,53 @@ def log_served(
                 persona="tsundere",
             )
             log_interaction(session, record=record)
+
+
+def _as_server_user(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; CI runs as root, so run it as 'postgres'.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on loopback, started (and restarted) by the tests."""
+
+    def __init__(self, bindir: Path, root: Path, port: int) -> None:
+        self._bindir, self.root, self.port = bindir, root, port
+        self.url = f"postgresql+psycopg://kizuna@127.0.0.1:{port}/postgres"
+
+    @classmethod
+    def create(cls) -> "PostgresServer":
+        """initdb and start a new cluster (skips, or fails in CI, without PostgreSQL)."""
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not candidates:
+            message = "PostgreSQL is not installed; run scripts/system-deps.sh (make test does)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        root = Path(tempfile.mkdtemp(prefix="kizuna-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres", "postgres")
+        server = cls(candidates[-1].parent, root, free_port())
+        initdb = [str(server._bindir / "initdb"), "-D", str(root / "data"), "-A", "trust"]
+        subprocess.run(_as_server_user([*initdb, "-U", "kizuna"]), check=True, capture_output=True)
+        server.start()
+        return server
+
+    def _ctl(self, *args: str) -> None:
+        pg_ctl = [str(self._bindir / "pg_ctl"), "-D", str(self.root / "data")]
+        subprocess.run(_as_server_user([*pg_ctl, *args]), check=True, capture_output=True)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        """Stop at once, as a crash would (open connections are cut)."""
+        self._ctl("-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        """Stop the server (if running) and delete its files."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -80,6 +80,14 @@ def start(
         bool, typer.Option("--detach", help="Only record it; `resume` drives it.")
     ] = False,
     interval_s: Interval = 5.0,
+    override_gates: Annotated[
+        bool,
+        typer.Option(
+            "--override-gates",
+            help="Let the candidate into traffic although offline gates fail (recorded in "
+            "the spec); live gates still decide.",
+        ),
+    ] = False,
 ) -> None:
     """Roll out a candidate (or a fresh retrain) of PERSONA from its gates and live metrics."""
     if (candidate is None) == (not retrain):
@@ -98,9 +106,12 @@ def start(
         policy=RolloutPolicy(
             steps=[float(s) for s in steps.split(",")], metrics_deadline_s=deadline_s
         ),
+        override_gates=override_gates,
     )
     backend.start(spec)
     out.print(f"rollout {spec.name}: {persona} " + (f"v{candidate}" if candidate else "retrain"))
+    if override_gates:
+        out.print("offline gates overridden: a failing offline gate will not stop the canary")
     if not detach:
         _drive(backend, spec.name, interval_s)
 

@@ -4,24 +4,29 @@ A persona resolves to its stable version in the registry, or, for the canary's s
 of requests, to its canary version (or to an explicit ``persona@version``). Lookups are
 cached for ``refresh_s`` seconds, so a promotion or a canary step reaches traffic within
 that time, without restarting the replica.
-Artifacts are fetched with their sha256 checked; a corrupted one is refused and the
-version already resident keeps serving.
+Artifacts are fetched with their sha256 checked. A corrupted one is refused (and not
+tried again): the persona's requests stay on the last version that loaded, and only a
+request that names the refused version explicitly gets the error.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kizuna.artifacts import fetch_directory
+from kizuna.artifacts import ArtifactIntegrityError, fetch_directory
 from kizuna.model.engine import Engine
 from kizuna.store import adapters as adapter_store
 from kizuna.store.models import Adapter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,29 +56,62 @@ class AdapterRouter:
         self._serving: dict[str, tuple[Serving, float]] = {}
         self._lock = threading.Lock()
         self._coin = random.Random()
+        #: Versions whose artifact failed its integrity check, with the reason.
+        self.refused: dict[tuple[str, int], str] = {}
+        self._last_loaded: dict[str, int] = {}
 
     def resolve(self, persona: str, version: int | None = None) -> tuple[str, int]:
         """The engine adapter name and the version serving ``persona`` (loaded if needed)."""
-        if version is None:
-            serving = self.serving(persona)
-            version = serving.stable
-            if serving.canary is not None and self._coin.random() < serving.canary_weight:
-                version = serving.canary
+        if version is not None:
+            return self._resident(persona, version), version
+        serving = self.serving(persona)
+        version = serving.stable
+        if serving.canary is not None and self._coin.random() < serving.canary_weight:
+            version = serving.canary
+        fallback = self._last_loaded.get(persona)
+        if (persona, version) in self.refused and fallback is not None:
+            return self._resident(persona, fallback), fallback
+        try:
+            name = self._resident(persona, version)
+        except ArtifactIntegrityError:
+            if fallback is None:
+                raise
+            return self._resident(persona, fallback), fallback
+        self._last_loaded[persona] = version
+        return name, version
+
+    def _resident(self, persona: str, version: int) -> str:
         name = f"{persona}@{version}"
+        if (persona, version) in self.refused:
+            raise ArtifactIntegrityError(self.refused[persona, version])
         if name not in self._engine.resident:
             with self._lock:
                 if name not in self._engine.resident:
-                    self._load(persona, version, name)
-        return name, version
+                    try:
+                        self._load(persona, version, name)
+                    except ArtifactIntegrityError as exc:
+                        log.error("refusing %s: %s", name, exc)
+                        self.refused[persona, version] = str(exc)
+                        raise
+        return name
 
     def serving(self, persona: str) -> Serving:
         """The persona's stable and canary versions, read at most every ``refresh_s``."""
         cached = self._serving.get(persona)
         if cached is not None and time.monotonic() - cached[1] < self._refresh_s:
             return cached[0]
-        with self._sessions() as session:
-            stable = adapter_store.stable_adapter(session, persona=persona).version
-            canary = adapter_store.canary_adapter(session, persona=persona)
+        try:
+            with self._sessions() as session:
+                stable = adapter_store.stable_adapter(session, persona=persona).version
+                canary = adapter_store.canary_adapter(session, persona=persona)
+        except OperationalError:
+            if cached is None:
+                raise
+            # The registry is unreachable (a database restart): keep serving what it
+            # said last; the next request after ``refresh_s`` asks again.
+            log.warning("registry unreachable; %s keeps its last known versions", persona)
+            self._serving[persona] = (cached[0], time.monotonic())
+            return cached[0]
         serving = Serving(stable)
         if canary is not None:
             serving = Serving(stable, canary.version, canary.traffic_weight)

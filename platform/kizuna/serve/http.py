@@ -8,6 +8,7 @@ call gets 401 and writes nothing. Bad input is a 4xx naming the field; overload 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import OperationalError
 
 from kizuna import __version__
 from kizuna.artifacts import ArtifactIntegrityError
@@ -30,6 +32,8 @@ from kizuna.serve.schemas import (
 from kizuna.serve.service import BASE_MODEL_NAME, BadRequestError, InferenceService, OverloadedError
 from kizuna.store.db import transaction
 from kizuna.store.interactions import set_feedback
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 OPEN_PATHS = {"/healthz", "/metrics", "/docs", "/openapi.json"}
@@ -92,6 +96,17 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
     async def overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)}
         return JSONResponse({"detail": str(exc)}, status_code=429, headers=headers)
+
+    @app.exception_handler(OperationalError)
+    async def store_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # Raised only where a request needs the store itself (a device token, feedback,
+        # the model list, a first lookup); interactions are journaled on local disk.
+        log.warning("store unavailable: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "the store is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(ArtifactIntegrityError)
     async def unavailable(_: Request, exc: ArtifactIntegrityError) -> JSONResponse:

@@ -61,8 +61,8 @@ class DemoOptions:
 
     persona: str = "tsundere"
     devices: int = 6
-    requests: int = 72
-    relabel_budget: int = 24
+    requests: int = 64
+    relabel_budget: int = 16
     federated_devices: int = 4
     local_steps: int = 2
     #: With 4 devices no noise level is both private and useful (std z·C/n on each of
@@ -165,7 +165,7 @@ class DemoLoop:
                 _wait_healthy(url, server, options.server_timeout_s)
                 stage.done(f"{url} (log: {server.log})")
             since = utcnow()
-            fleet = Fleet(url, devices, seed=7)
+            fleet = Fleet(url, devices, seed=7, max_new_tokens=24)
             try:
                 with self.board.stage("traffic") as stage:
                     stage.note(f"{options.requests} requests from {len(devices)} devices")
@@ -249,7 +249,10 @@ class DemoLoop:
         with transaction(sessions) as session:
             for index in range(self.options.devices):
                 device_id = f"demo-device-{index + 1}"
-                favourites = (self.options.persona, *FAVOURITES[index % len(FAVOURITES)])
+                # Twice in the draw: half of each device's requests go to the persona the
+                # loop improves, so the sampler has enough of its traffic to choose from.
+                persona = self.options.persona
+                favourites = (persona, persona, *FAVOURITES[index % len(FAVOURITES)])
                 devices.append(
                     SimulatedDevice(
                         device_id=device_id,

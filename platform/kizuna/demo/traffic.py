@@ -4,7 +4,8 @@ Each device holds its own API token, favours some personas, and either consents 
 training or not. Requests mix personas, strengths and weighted mixes over the neutral
 corpus's training sentences plus inputs that are hard for a small model (long, Chinese,
 emoji, code, typos, shouting). A retryable refusal (429/503) is retried after its
-``Retry-After`` with the same ``Idempotency-Key``, so the server logs it once.
+``Retry-After``, and a gateway failure (5xx from a proxy whose replica died) after a
+second, both with the same ``Idempotency-Key``, so the server logs the request once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ HARD_INPUTS: tuple[str, ...] = (
 )
 
 RETRYABLE = frozenset({429, 503})
+#: Gateway failures (a replica died with the request): retried with the same key.
+GATEWAY_FAILURES = frozenset({500, 502, 504})
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class TrafficTally:
     answered: int = 0
     retried: int = 0
     refused: int = 0
+    #: 5xx answers that a retry with the same Idempotency-Key then got past.
+    server_errors: int = 0
     feedback: int = 0
     errors: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
@@ -70,6 +75,7 @@ class TrafficTally:
         self.answered += other.answered
         self.retried += other.retried
         self.refused += other.refused
+        self.server_errors += other.server_errors
         self.feedback += other.feedback
         self.errors += other.errors
         self.latencies_ms += other.latencies_ms
@@ -122,8 +128,8 @@ class Fleet:
                 "max_new_tokens": self._max_new_tokens,
                 "consent": device.consent,
             }
-            if persona is None and draw.random() < 0.15 and len(device.personas) > 1:
-                first, second = draw.sample(device.personas, 2)
+            if persona is None and draw.random() < 0.15 and len(set(device.personas)) > 1:
+                first, second = draw.sample(sorted(set(device.personas)), 2)
                 body["mix"] = {first: 0.7, second: 0.3}
             else:
                 body["persona"] = persona or draw.choice(device.personas)
@@ -149,11 +155,15 @@ class Fleet:
                 tally.retried += 1
                 time.sleep(1.0)
                 continue
-            if response.status_code in RETRYABLE:
+            if response.status_code in RETRYABLE | GATEWAY_FAILURES:
                 if attempt + 1 == self._max_attempts:
-                    tally.refused += 1
+                    if response.status_code in RETRYABLE:
+                        tally.refused += 1
+                    else:
+                        tally.errors.append(f"{response.status_code}: {response.text[:200]}")
                     return tally
                 tally.retried += 1
+                tally.server_errors += response.status_code in GATEWAY_FAILURES
                 time.sleep(float(response.headers.get("Retry-After", "1")))
                 continue
             if response.status_code != 200:

@@ -51,8 +51,12 @@ format: setup ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## Run every benchmark; each prints one table
-	@for script in benchmarks/*.py; do echo "── $$script"; KIZUNA_DATA_DIR=$(DATA_DIR) $(PY) $$script || exit 1; done
+bench: setup ## Run every benchmark (each prints its table), then one summary table of ratios
+	@rm -f .bench-summary.jsonl
+	@for script in benchmarks/*.py; do echo "── $$script"; \
+	  KIZUNA_BENCH_SUMMARY=$(CURDIR)/.bench-summary.jsonl KIZUNA_DATA_DIR=$(DATA_DIR) \
+	  $(PY) $$script || exit 1; done
+	$(PY) benchmarks/common/summary.py .bench-summary.jsonl
 
 crds: setup ## Regenerate charts/kizuna/crds from the resource models (commit the result)
 	$(PY) -m kizuna.rollout.crds charts/kizuna/crds

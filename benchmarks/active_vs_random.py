@@ -31,6 +31,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common.summary import record
 from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
 from kizuna.datasets.corpus import neutral_sentences
@@ -200,6 +201,10 @@ def main() -> None:
         active.content / max(random_mean.content, 1e-9),
     )
     table.add_row("active ÷ random (mean)", "-", *(f"{r:.2f}" for r in ratios))
+    for figure, ratio in zip(
+        ("style accuracy", "style p(persona)", "content"), ratios, strict=True
+    ):
+        record("active learning", f"{figure}, active sampling", ratio, "random sampling (mean)")
     Console().print(table)
 
 

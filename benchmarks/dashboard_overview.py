@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert
 
+from common.summary import record
 from kizuna.config import Settings
 from kizuna.dashboard.app import build_app
 from kizuna.dashboard.auth import Access
@@ -174,6 +175,9 @@ def main() -> None:
         loaded = browser[size]
         cells.append(f"{loaded:.0f}" if loaded is not None else "no chromium")
         table.add_row(*cells)
+        for path in PAGES:
+            figure = f"{path} at {size:,} interactions"
+            record("dashboard", figure, results[size][path] / base[path], f"{sizes[0]:,}")
     Console().print(table)
 
 

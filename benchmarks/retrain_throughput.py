@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common.summary import record
 from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
 from kizuna.datasets.corpus import neutral_sentences, parallel_pairs
@@ -131,6 +132,7 @@ def main() -> None:
         table.add_row(
             label, shape, f"{tokens_per_s:.0f}", f"{tokens_per_s / reference:.2f}", f"{wall:.0f}"
         )
+        record("retrain throughput", f"tokens/s, {label}", tokens_per_s / reference, "plain PEFT")
     Console().print(table)
 
 

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
+from common.summary import record
 from kizuna.artifacts import publish_directory
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer
@@ -265,11 +266,15 @@ def _print(
             f"{tps / merged[batch]:.2f}",
             f"{tps / naive[batch]:.2f}",
         )
+        figure = f"tokens/s, {name}, batch {batch}"
+        record("serve throughput", figure, tps / merged[batch], "one merged adapter")
+        record("serve throughput", figure, tps / naive[batch], "naive PEFT switching")
     if serve is not None:
         served, alone = serve
         table.add_row("Ray Serve p50 (1 request) ms", "1", f"{served * 1000:.0f}", "", "")
         table.add_row("engine alone p50 ms", "1", f"{alone * 1000:.0f}", "", "")
         table.add_row("Serve ÷ engine p50", "1", f"{served / alone:.2f}", "", "")
+        record("serve throughput", "p50 through Ray Serve", served / alone, "engine alone p50")
     Console().print(table)
 
 

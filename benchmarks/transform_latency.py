@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common.summary import record
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer
 from kizuna.model.embedded import build_embedded_model
@@ -100,6 +101,7 @@ def main() -> None:
             f"{options.tokens / p50 * 1000:.1f}",
             f"{p50 / reference:.2f}",
         )
+        record("transform latency", f"p50, {variant}", p50 / reference, "base model p50")
     Console().print(table)
 
 

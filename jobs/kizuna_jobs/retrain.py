@@ -674,6 +674,11 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
     sessions = open_store(settings.resolved_database_url)
     with transaction(sessions) as session:
         warm = warm_start_adapter(session, config)
+        # The candidate is compared with what serves now, whatever it was trained from.
+        current = adapter_store.adapter_with_status(
+            session, persona=config.persona, status=AdapterStatus.STABLE
+        )
+        stable = (current.artifact_url, current.sha256) if current is not None else None
         pairs, uses = training_rows(session, config)
         run_id = run_store.create_run(
             session, kind=RunKind.RETRAIN, persona=config.persona, config=config.model_dump()
@@ -741,7 +746,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainOutcome:
                 checkpoint=result.checkpoint,
                 settings=settings.model_dump(),
                 persona=config.persona,
-                stable=(warm.artifact_url, warm.sha256) if config.warm_start == "stable" else None,
+                stable=stable,
                 lineage=lineage,
                 training=training,
                 **config.evaluation.model_dump(),

@@ -46,6 +46,7 @@ def _training_started(log: Path) -> bool:
     return len(re.findall(r"Start `flwr-clientapp` process", text)) >= 3
 
 
+@pytest.mark.reliability
 def test_secure_rounds_survive_a_killed_device(bootstrapped: Settings, tmp_path: Path) -> None:
     devices = simulate_devices(
         tmp_path / "devices",

@@ -172,6 +172,7 @@ def _kill_a_worker_once_past(settings: Settings, step: int, killed: list[int]) -
         time.sleep(0.05)
 
 
+@pytest.mark.reliability
 def test_a_killed_worker_resumes_from_the_last_checkpoint(
     installed: Settings, local_ray: None
 ) -> None:

@@ -106,6 +106,7 @@ def test_a_candidate_goes_through_canary_to_stable_under_traffic(bootstrapped: S
     assert models["tsundere"]["canary_version"] is None
 
 
+@pytest.mark.reliability
 def test_a_canary_nobody_calls_is_rolled_back(bootstrapped: Settings) -> None:
     version = _candidate(bootstrapped)
     process = _rollout(bootstrapped, "--candidate", str(version), "--deadline-s", "2")

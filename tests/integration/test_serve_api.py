@@ -284,6 +284,7 @@ CRAFTED = {
 }
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("name", sorted(CRAFTED))
 @pytest.mark.parametrize("path", ["/v1/transform", "/v1/chat/completions"])
 def test_crafted_inputs_never_get_a_server_error(make_replica, name: str, path: str) -> None:

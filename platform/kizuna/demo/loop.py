@@ -147,6 +147,7 @@ class DemoLoop:
     def run(self) -> DemoOutcome:
         """Every stage in order; the before/after numbers at the end."""
         persona, options = self.options.persona, self.options
+        started = time.monotonic()
         with self.board:
             with self.board.stage("bootstrap") as stage:
                 self._run(stage, "bootstrap")
@@ -228,6 +229,7 @@ class DemoLoop:
             report_html=str(candidate.metrics["report"]),
             rollout_phase=phase,
             stage_seconds=dict(self.board.seconds),
+            wall_seconds=time.monotonic() - started,
         )
 
     def _stable(self, persona: str) -> Adapter:

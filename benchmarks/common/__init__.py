@@ -1,0 +1,1 @@
+"""Shared by the benchmark scripts: the summary `make bench` prints at the end."""

@@ -814,10 +814,15 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Bring the store's schema to the newest (or a given) revision."""
+    from alembic.util import CommandError
+
     from kizuna.store.db import current_revision, make_engine, upgrade
 
     engine = make_engine(settings().resolved_database_url)
-    upgrade(engine, revision)
+    try:
+        upgrade(engine, revision)
+    except CommandError as exc:  # an unknown or ambiguous revision: the user's input
+        raise typer.BadParameter(str(exc), param_hint="REVISION") from exc
     out.print(f"store at revision {current_revision(engine)} ({engine.url.render_as_string()})")
 
 

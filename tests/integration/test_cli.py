@@ -71,6 +71,12 @@ def test_out_of_range_strength_is_refused_by_the_parser(env: dict[str, str]) -> 
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+def test_an_unknown_revision_is_refused_by_the_parser(env: dict[str, str]) -> None:
+    result = kizuna("db", "upgrade", "tsundere", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Can't locate revision" in result.stderr
+
+
 def test_db_upgrade_then_bootstrap_then_transform_and_chat(env: dict[str, str]) -> None:
     upgraded = kizuna("db", "upgrade", env=env)
     head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()

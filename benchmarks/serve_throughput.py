@@ -10,9 +10,14 @@ All figures come from one run on the same model, prompts and token counts:
   requests one at a time (PEFT cannot mix adapters inside a plain ``generate`` batch);
 - Ray Serve p50 vs engine-alone p50 for one request with one adapter.
 
+On CUDA, also batch-1 decode against the memory roofline: the time one decode step
+would take if it only read the base weights once at the measured device-to-device copy
+bandwidth, divided by the measured decode time per token (prefill excluded).
+
 Speed does not depend on weight values, so adapters have random B. On CPU the embedded
 SmolLM2-135M is used; ``--shape qwen2.5-0.5b --device cuda`` builds a Qwen2.5-0.5B-shaped
-model with random weights for the GPU rows.
+model with random weights for the GPU rows (``--tokenizer DIR`` names any directory with
+the embedded model's tokenizer files, where the embedded model cannot be built).
 
     python benchmarks/serve_throughput.py [--batches 1 8 64] [--tokens 16] [--no-serve]
 """
@@ -26,6 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -38,18 +44,12 @@ from rich.table import Table
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
 from common.summary import record
-from kizuna.artifacts import publish_directory
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer
-from kizuna.model.embedded import build_embedded_model
 from kizuna.model.engine import Engine, EngineRequest
 from kizuna.model.generation import SamplingParams, generate
 from kizuna.model.lora import LoraShape, new_adapter
 from kizuna.model.prompts import prompt_ids, transform_messages
-from kizuna.serve import launch
-from kizuna.store import adapters as adapter_store
-from kizuna.store.db import make_engine, session_factory, transaction, upgrade
-from kizuna.store.models import AdapterStatus
 
 ADAPTERS = 8
 TEXTS = [
@@ -112,21 +112,77 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", choices=["embedded", "qwen2.5-0.5b"], default="embedded")
     parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve rows")
+    parser.add_argument("--tokenizer", help="tokenizer directory for the qwen2.5-0.5b shape")
+    parser.add_argument(
+        "--eager", action="store_true", help="no captured CUDA graphs: the dynamic cache"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     settings = Settings()
-    path = str(build_embedded_model(settings.embedded_model_dir).path)
+    if args.tokenizer and args.shape == "qwen2.5-0.5b":
+        path = args.tokenizer
+    else:
+        from kizuna.model.embedded import build_embedded_model
+
+        path = str(build_embedded_model(settings.embedded_model_dir).path)
     tokenizer = load_tokenizer(path)
     params = SamplingParams(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
     prompts = [prompt_ids(tokenizer, transform_messages(text)) for text in TEXTS]
     with tempfile.TemporaryDirectory() as tmp:
         dirs = _adapter_dirs(_base(args, path, device), Path(tmp))
-        rows = _throughput(args, path, device, tokenizer, dirs, prompts, params)
+        rows, roofline = _throughput(args, path, device, tokenizer, dirs, prompts, params)
         gc.collect()  # the throughput models are gone: latency is timed in a replica-like process
         serve_ratio = None
         if not args.no_serve:
             serve_ratio = _serve_vs_engine(settings, path, dirs[0], tokenizer, prompts[0], params)
-    _print(rows, serve_ratio, args, device)
+    _print(rows, serve_ratio, roofline, args, device)
+
+
+def _copy_bandwidth(device: torch.device) -> float:
+    """Device-to-device copy bandwidth, bytes read plus written per second."""
+    source = torch.randn(1 << 28, device=device)  # 1 GiB: far past any cache
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        target.copy_(source)
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) / 1000
+    return float(2 * source.numel() * source.element_size() * 10 / seconds)
+
+
+def _decode_step_seconds(engine: Engine, prompt: list[int], device: torch.device) -> float:
+    """Seconds per decoded token at batch 1, prefill excluded: the difference between a
+    long and a short generation over the difference in tokens."""
+
+    def run(tokens: int) -> float:
+        params = SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens)
+        return _seconds(partial(engine.generate, [EngineRequest(prompt, params=params)]), device)
+
+    short, long = 8, 136
+    return (run(long) - run(short)) / (long - short)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Batch-1 decode of the merged engine against the weights-read floor."""
+
+    weight_bytes: int
+    bandwidth: float
+    step_s: float
+
+    @property
+    def floor_s(self) -> float:
+        """Seconds to read the weights once."""
+        return self.weight_bytes / self.bandwidth
+
+    @property
+    def fraction(self) -> float:
+        """The floor over the measured step: 1.0 is the roofline."""
+        return self.floor_s / self.step_s
 
 
 def _throughput(
@@ -137,14 +193,18 @@ def _throughput(
     dirs: list[Path],
     prompts: list[list[int]],
     params: SamplingParams,
-) -> list[tuple[str, int, float]]:
-    """Tokens/s of the merged, mixed and naive-PEFT variants at every batch size."""
+) -> tuple[list[tuple[str, int, float]], Roofline | None]:
+    """Tokens/s of the merged, mixed and naive-PEFT variants at every batch size, and on
+    CUDA the merged engine's batch-1 decode against the memory roofline."""
     peft = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]), adapter_name="a0")
     for index, directory in enumerate(dirs[1:], start=1):
         peft.load_adapter(str(directory), adapter_name=f"a{index}")
     merged_base = PeftModel.from_pretrained(_base(args, path, device), str(dirs[0]))
-    merged = Engine(merged_base.merge_and_unload(), tokenizer)
-    mixed = Engine(_base(args, path, device), tokenizer, max_adapters=ADAPTERS)
+    static = False if args.eager else None
+    merged = Engine(merged_base.merge_and_unload(), tokenizer, static_decode=static)
+    mixed = Engine(
+        _base(args, path, device), tokenizer, max_adapters=ADAPTERS, static_decode=static
+    )
     for index, directory in enumerate(dirs):
         mixed.load_adapter(f"a{index}", directory)
     rows: list[tuple[str, int, float]] = []
@@ -168,7 +228,14 @@ def _throughput(
         ]
         for name, run in runs:
             rows.append((name, batch, batch * args.tokens / _seconds(run, device)))
-    return rows
+    roofline = None
+    if device.type == "cuda":
+        roofline = Roofline(
+            weight_bytes=merged.base_weight_bytes(),
+            bandwidth=_copy_bandwidth(device),
+            step_s=_decode_step_seconds(merged, prompts[0], device),
+        )
+    return rows, roofline
 
 
 def _serve_vs_engine(
@@ -183,6 +250,13 @@ def _serve_vs_engine(
 
     The engine is timed first: Ray's processes keep using CPU for a while after shutdown.
     """
+    # Imported here: the throughput rows also run where Ray and the store are not installed.
+    from kizuna.artifacts import publish_directory
+    from kizuna.serve import launch
+    from kizuna.store import adapters as adapter_store
+    from kizuna.store.db import make_engine, session_factory, transaction, upgrade
+    from kizuna.store.models import AdapterStatus
+
     engine = Engine(load_base_model(path, device=torch.device("cpu")), tokenizer)
     engine.load_adapter("a0", adapter)  # configured like a replica: one resident adapter
     # The API has no min_new_tokens, so both sides stop at EOS like a real request; greedy
@@ -248,6 +322,7 @@ def _serve_vs_engine(
 def _print(
     rows: list[tuple[str, int, float]],
     serve: tuple[float, float] | None,
+    roofline: Roofline | None,
     args: argparse.Namespace,
     device: torch.device,
 ) -> None:
@@ -255,6 +330,7 @@ def _print(
     naive = {batch: tps for name, batch, tps in rows if name.startswith("naive")}
     table = Table(
         title=f"Decode throughput, {args.tokens} new tokens/row, {args.shape} on {device}"
+        + (", eager" if args.eager else "")
     )
     for column in ("variant", "batch", "tokens/s", "÷ merged", "÷ naive PEFT"):
         table.add_column(column, justify="left" if column == "variant" else "right")
@@ -275,6 +351,29 @@ def _print(
         table.add_row("engine alone p50 ms", "1", f"{alone * 1000:.0f}", "", "")
         table.add_row("Serve ÷ engine p50", "1", f"{served / alone:.2f}", "", "")
         record("serve throughput", "p50 through Ray Serve", served / alone, "engine alone p50")
+    if roofline is not None:
+        gib = roofline.weight_bytes / 2**30
+        table.add_row(
+            f"batch-1 decode ms/token ({gib:.2f} GiB weights)",
+            "1",
+            f"{roofline.step_s * 1000:.2f}",
+            "",
+            "",
+        )
+        table.add_row(
+            f"roofline ms/token ({roofline.bandwidth / 1e12:.2f} TB/s copy)",
+            "1",
+            f"{roofline.floor_s * 1000:.2f}",
+            "",
+            "",
+        )
+        table.add_row("batch-1 decode ÷ roofline", "1", f"{roofline.fraction:.2f}", "", "")
+        record(
+            "serve throughput",
+            "batch-1 decode vs memory roofline",
+            roofline.fraction,
+            "weights bytes ÷ copy bandwidth",
+        )
     Console().print(table)
 
 

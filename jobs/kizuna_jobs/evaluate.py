@@ -30,27 +30,13 @@ from kizuna.evaluation.candidate import (
 from kizuna.evaluation.classifier import load_or_train
 from kizuna.evaluation.gates import check_gates
 from kizuna.evaluation.report import write_report
-from kizuna.model.engine import Engine, build_engine
-from kizuna.model.quantize import (
-    directory_bytes,
-    quantize_adapter_int8,
-    weight_bytes,
-)
+from kizuna.model.engine import build_engine
+from kizuna.model.quantize import directory_bytes, quantize_adapter_int8
 from kizuna.personas import load_profiles
 from kizuna.store.db import open_store, transaction
 from kizuna.store.runs import update_run
 
 INT8_DIR, REPORT_DIR = "int8", "evaluation"
-
-
-def _base_weight_bytes(engine: Engine) -> int:
-    """The base model's weight bytes, without the engine's adapter slot tables."""
-    tables = sum(
-        p.numel() * p.element_size()
-        for name, p in engine.model.named_parameters()
-        if name.endswith(("lora_a", "lora_b"))
-    )
-    return weight_bytes(engine.model) - tables
 
 
 @dataclass(frozen=True)
@@ -125,8 +111,8 @@ def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[st
                 max_adapters=1,
             )
             quantized.load_adapter(CANDIDATE, int8_dir)
-            sizes["base_fp32_bytes"] = _base_weight_bytes(engine)
-            sizes["base_int8_bytes"] = _base_weight_bytes(quantized)
+            sizes["base_fp32_bytes"] = engine.base_weight_bytes()
+            sizes["base_int8_bytes"] = quantized.base_weight_bytes()
         result = evaluate_candidate(
             engine,
             profile,

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="Serving base weights: int8 (CPU, dynamic int8 linear layers) or "
         "bitsandbytes 8/4-bit (CUDA).",
     )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="On CUDA, decode on a static KV cache with each step replayed as a "
+        "captured graph (batch-1 decode is launch-bound without); false: the dynamic cache.",
+    )
     personas_dir: Path | None = Field(
         default=None,
         description="Extra personality profiles (*.yaml); default: <data_dir>/personas. A file "

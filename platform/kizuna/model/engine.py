@@ -4,6 +4,11 @@ Each request names a mix of adapters (one adapter is a mix of one; none is the b
 model), a strength, and its own sampling settings. A batch of requests runs as one
 left-padded decode over a shared KV cache; the multi-LoRA layers apply every row's own
 adapters, so a batch may mix personas, strengths and fusions freely.
+
+Two ways to step the decode: a growing cache with per-adapter segments (any batch and
+length; the default on CPU), and :mod:`kizuna.model.static_decode`'s fixed buffers with
+each step replayed as a captured CUDA graph (the default on CUDA, for batches and lengths
+that fit its buckets).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -32,8 +38,9 @@ from kizuna.model.multi_lora import (
     install_multi_lora,
     read_peft_adapter,
 )
-from kizuna.model.quantize import quantize_base_int8
+from kizuna.model.quantize import quantize_base_int8, weight_bytes
 from kizuna.model.sampling import select_tokens
+from kizuna.model.static_decode import StaticDecoder, next_token_logits
 
 
 class AdapterNotResidentError(KeyError):
@@ -68,8 +75,51 @@ class EngineRequest:
         return {name: self.strength * weight / total for name, weight in self.mix.items()}
 
 
+class Stepper(Protocol):
+    """Runs the prompts into a KV cache, then one token per row at a time."""
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (rows × vocab, fp32) after the left-padded prompts."""
+        ...
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token logits after feeding each row's newest token."""
+        ...
+
+
+class DynamicStepper:
+    """A cache and mask that grow by one position per step: any batch, any length."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self._model = model
+        self._cache = DynamicCache()
+        self._mask = torch.empty(0)
+        self._positions = torch.empty(0)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """See :class:`Stepper`."""
+        self._mask = mask
+        self._positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self._run(ids)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """See :class:`Stepper`."""
+        ones = torch.ones((len(tokens), 1), dtype=self._mask.dtype, device=tokens.device)
+        self._mask = torch.cat([self._mask, ones], 1)
+        self._positions = self._positions[:, -1:] + 1
+        return self._run(tokens[:, None])
+
+    def _run(self, ids: torch.Tensor) -> torch.Tensor:
+        return next_token_logits(self._model, ids, self._mask, self._positions, self._cache)
+
+
 class Engine:
-    """A base model with up to ``max_adapters`` LoRA adapters resident, run in batches."""
+    """A base model with up to ``max_adapters`` LoRA adapters resident, run in batches.
+
+    ``static_decode`` picks the stepping (see the module docstring): None means captured
+    graphs on CUDA and the dynamic cache elsewhere; True on CPU runs the static buffers
+    eagerly (what the tests compare).
+    """
 
     def __init__(
         self,
@@ -78,6 +128,7 @@ class Engine:
         *,
         max_adapters: int = 16,
         max_rank: int = 16,
+        static_decode: bool | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -91,11 +142,33 @@ class Engine:
         self._free = list(range(max_adapters, 0, -1))
         self._lock = threading.Lock()
         self.device = next(model.parameters()).device
+        on_cuda = self.device.type == "cuda"
+        self._static = (
+            StaticDecoder(
+                model, self._context, slots=max_adapters + 1, rank=max_rank, graphs=on_cuda
+            )
+            if (on_cuda if static_decode is None else static_decode)
+            else None
+        )
 
     @property
     def resident(self) -> list[str]:
         """Adapter names, least recently used first."""
         return list(self._slots)
+
+    @property
+    def static_decoder(self) -> StaticDecoder | None:
+        """The fixed-buffer decoder, where this engine uses one."""
+        return self._static
+
+    def base_weight_bytes(self) -> int:
+        """The base model's weight bytes, without the adapter slot tables."""
+        tables = sum(
+            table.numel() * table.element_size()
+            for layer in self._layers.values()
+            for table in (layer.lora_a, layer.lora_b)
+        )
+        return weight_bytes(self.model) - tables
 
     def load_adapter(self, name: str, directory: Path) -> None:
         """Make a PEFT adapter resident under ``name``, evicting the least recently used."""
@@ -127,7 +200,8 @@ class Engine:
                 layer.set_slot(slot, None, None)
             self._free.append(slot)
 
-    def _routing(self, requests: Sequence[EngineRequest]) -> Routing:
+    def _slot_weights(self, requests: Sequence[EngineRequest]) -> list[dict[int, float]]:
+        """Each row's {slot: weight}; marks the adapters used as recently used."""
         rows: list[dict[int, float]] = []
         for request in requests:
             pairs: dict[int, float] = {}
@@ -137,16 +211,15 @@ class Engine:
                 self._slots.move_to_end(name)
                 pairs[self._slots[name]] = weight
             rows.append(pairs)
-        return Routing.from_rows(rows, device=self.device)
+        return rows
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Generation]:
         """Run ``requests`` as one batch; results come back in the same order."""
         if not requests:
             return []
         with self._lock, torch.inference_mode():
-            self._context.current = self._routing(requests)
             try:
-                return self._decode(requests)
+                return self._decode(requests, self._slot_weights(requests))
             finally:
                 self._context.current = None
 
@@ -159,7 +232,8 @@ class Engine:
         if not requests:
             return []
         with self._lock, torch.inference_mode():
-            self._context.current = self._routing(requests)
+            rows = self._slot_weights(requests)
+            self._context.current = Routing.from_rows(rows, device=self.device)
             try:
                 ids, mask = self._left_padded(requests)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -179,40 +253,46 @@ class Engine:
             mask[row, width - len(request.prompt) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _decode(self, requests: Sequence[EngineRequest]) -> list[Generation]:
-        batch = len(requests)
+    def _stepper(self, rows: list[dict[int, float]], length: int) -> Stepper:
+        """The static decoder where the batch fits it, else a dynamic cache; routed."""
+        if self._static is not None and self._static.fits(len(rows), length):
+            return self._static.start(rows, length)
+        self._context.current = Routing.from_rows(rows, device=self.device)
+        return DynamicStepper(self.model)
+
+    def _decode(
+        self, requests: Sequence[EngineRequest], rows: list[dict[int, float]]
+    ) -> list[Generation]:
         ids, mask = self._left_padded(requests)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self._step(ids, mask, positions, cache)
+        longest = max(r.params.max_new_tokens for r in requests)
+        stepper = self._stepper(rows, ids.shape[1] + longest)
+        logits = stepper.prefill(ids, mask)
         generators = [_generator(r.params.seed) for r in requests]
         tokens: list[list[int]] = [[] for _ in requests]
         entropies: list[list[float]] = [[] for _ in requests]
         margins: list[list[float]] = [[] for _ in requests]
-        done = [False] * batch
+        done = [False] * len(requests)
         eos = self.tokenizer.eos_token_id
-        for step in range(max(r.params.max_new_tokens for r in requests)):
+        for step in range(longest):
             entropy, margin = token_uncertainty(logits)
-            row_entropy, row_margin = entropy.tolist(), margin.tolist()
-            for row, request in enumerate(requests):
-                if step < request.params.min_new_tokens:
-                    logits[row, eos] = float("-inf")
+            # One indexing op and one copy to the host per step, whatever the batch size:
+            # per-row device ops would cost a launch (or a sync) each.
+            too_early = [row for row, r in enumerate(requests) if step < r.params.min_new_tokens]
+            if too_early:
+                logits[too_early, eos] = float("-inf")
             chosen = select_tokens(logits, [r.params for r in requests], generators)
+            picked, row_entropy, row_margin = chosen.tolist(), entropy.tolist(), margin.tolist()
             for row, request in enumerate(requests):
                 if done[row]:
                     continue
-                tokens[row].append(int(chosen[row]))
+                tokens[row].append(picked[row])
                 entropies[row].append(round(row_entropy[row], 6))
                 margins[row].append(round(row_margin[row], 6))
-                ended = int(chosen[row]) == eos or len(tokens[row]) >= request.params.max_new_tokens
+                ended = picked[row] == eos or len(tokens[row]) >= request.params.max_new_tokens
                 done[row] = ended
             if all(done):
                 break
-            mask = torch.cat(
-                [mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], 1
-            )
-            positions = positions[:, -1:] + 1
-            logits = self._step(chosen[:, None], mask, positions, cache)
+            logits = stepper.step(chosen)
         return [
             Generation(
                 text=decode_reply(self.tokenizer, row_tokens),
@@ -225,20 +305,6 @@ class Engine:
                 requests, tokens, entropies, margins, strict=True
             )
         ]
-
-    def _step(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
-    ) -> torch.Tensor:
-        output = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits: torch.Tensor = output.logits[:, -1].float()
-        return logits
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -254,7 +320,12 @@ def build_engine(settings: Settings, *, max_adapters: int = 16) -> Engine:
         device=resolve_device(settings.device),
         quantization=settings.quantization,
     )
-    engine = Engine(model, tokenizer, max_adapters=max_adapters)
+    engine = Engine(
+        model,
+        tokenizer,
+        max_adapters=max_adapters,
+        static_decode=None if settings.cuda_graphs else False,
+    )
     if settings.quantization == "int8":
         quantize_base_int8(engine.model)
     return engine

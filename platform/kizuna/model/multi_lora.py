@@ -14,6 +14,15 @@ that use it and their weights. Each layer then runs the base matmul for the whol
 and two small matmuls per segment (the SGMV idea of Punica/S-LoRA in plain PyTorch), so
 each adapter's factors are read once per step, rows with different adapters, strengths
 and mixes share every matmul of the base model, and no request switches an adapter.
+
+A captured CUDA graph cannot hold a data-dependent loop, so the static decoder routes
+densely instead: every slot's factors as one ``(slots·rank, in)`` matrix, each row's
+weights spread over its slots' rank columns::
+
+    y = W x + B_all ((A_all x) ⊙ scale)
+
+Two fixed-shape matmuls per layer, whatever the mix; it reads every resident slot's
+factors (small next to W) instead of the used ones only.
 """
 
 from __future__ import annotations
@@ -71,11 +80,39 @@ class Routing:
         return cls(segments=segments)
 
 
+@dataclass(frozen=True)
+class DenseRouting:
+    """Every row's weight for every adapter slot but the zero one, repeated over the slot's
+    rank columns: ``scale`` is ``(batch, 1, (slots - 1) · rank)``, filled in place so a
+    captured graph keeps reading the same memory."""
+
+    scale: torch.Tensor
+    rank: int
+
+    @classmethod
+    def allocate(
+        cls, batch: int, *, slots: int, rank: int, dtype: torch.dtype, device: torch.device
+    ) -> DenseRouting:
+        """A zero routing (every row on the base model) for ``batch`` rows."""
+        scale = torch.zeros(batch, 1, (slots - 1) * rank, dtype=dtype, device=device)
+        return cls(scale=scale, rank=rank)
+
+    def fill(self, rows: list[dict[int, float]]) -> None:
+        """Route row ``i`` by ``rows[i]`` ({slot: weight}); rows past the list get none."""
+        weights = torch.zeros(self.scale.shape[0], self.scale.shape[-1] // self.rank)
+        for row, pairs in enumerate(rows):
+            for slot, weight in pairs.items():
+                if slot != 0:
+                    weights[row, slot - 1] = weight
+        spread = weights.repeat_interleave(self.rank, dim=1)[:, None, :]
+        self.scale.copy_(spread.to(self.scale.dtype), non_blocking=True)
+
+
 class RoutingContext:
     """The routing of the batch being run, shared by every multi-LoRA layer of a model."""
 
     def __init__(self) -> None:
-        self.current: Routing | None = None
+        self.current: Routing | DenseRouting | None = None
 
 
 class MultiLoraLinear(nn.Module):
@@ -89,29 +126,35 @@ class MultiLoraLinear(nn.Module):
         dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.bfloat16
         device = base.weight.device
         a = torch.zeros(slots, rank, base.in_features, dtype=dtype, device=device)
-        b = torch.zeros(slots, base.out_features, rank, dtype=dtype, device=device)
+        # B is (out, slots, rank) so that all slots but 0 view as one (out, slots·rank)
+        # matrix for dense routing without a copy.
+        b = torch.zeros(base.out_features, slots, rank, dtype=dtype, device=device)
         self.lora_a = nn.Parameter(a, requires_grad=False)
         self.lora_b = nn.Parameter(b, requires_grad=False)
 
     def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Write (or with None, clear) one adapter's factors; ranks below the table's pad."""
         self.lora_a.data[slot].zero_()
-        self.lora_b.data[slot].zero_()
+        self.lora_b.data[:, slot].zero_()
         if a is not None and b is not None:
             rank = a.shape[0]
             self.lora_a.data[slot, :rank] = a.to(self.lora_a.dtype)
-            self.lora_b.data[slot, :, :rank] = b.to(self.lora_b.dtype)
+            self.lora_b.data[:, slot, :rank] = b.to(self.lora_b.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base output plus each row's weighted adapter deltas, one segment at a time."""
+        """Base output plus each row's weighted adapter deltas."""
         output: torch.Tensor = self.base(x)
         routing = self.context.current
         if routing is None:
             return output
+        if isinstance(routing, DenseRouting):
+            a_all = self.lora_a[1:].view(-1, self.lora_a.shape[-1])
+            b_all = self.lora_b[:, 1:].view(self.lora_b.shape[0], -1)
+            return output + ((x @ a_all.T) * routing.scale) @ b_all.T
         for segment in routing.segments:
             rows = x if segment.all_rows else x[segment.rows]
             weights = segment.weights.to(x.dtype)[:, None, None]
-            delta = (rows @ self.lora_a[segment.slot].T) @ self.lora_b[segment.slot].T * weights
+            delta = (rows @ self.lora_a[segment.slot].T) @ self.lora_b[:, segment.slot].T * weights
             if segment.all_rows:
                 output = output + delta
             else:

@@ -57,7 +57,7 @@ def _write_positions(cache: StaticCache) -> list[torch.Tensor]:
 
 
 class _Bucket:
-    """The fixed buffers (and, once captured, the graph) of one (batch, length) size."""
+    """The fixed buffers (and, once captured, the graph) of one bucket."""
 
     def __init__(
         self, model: PreTrainedModel, *, batch: int, length: int, slots: int, rank: int

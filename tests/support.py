@@ -1,8 +1,9 @@
 """Small pieces several test modules need: quiet progress, a free port, a local replica,
-a random adapter, logged traffic."""
+a random adapter, logged traffic, a rollout's environment."""
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -82,6 +83,23 @@ def log_served(
                 persona="tsundere",
             )
             log_interaction(session, record=record)
+
+
+def rollout_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `kizuna rollout` process that drives ``settings``' installation.
+
+    The live latency gate is loosened: it has its own unit tests, and a test that is about
+    a rollout's steps must not turn on one request stalled past 500 ms on a busy runner
+    (with ``--min-requests 3`` the nearest-rank p95 is the slowest request).
+    """
+    return {
+        **os.environ,
+        "KIZUNA_DATA_DIR": str(settings.data_dir),
+        "KIZUNA_BASE_MODEL": settings.base_model,
+        "KIZUNA_DEVICE": "cpu",
+        "KIZUNA_GATES": json.dumps({"tsundere": {"max_latency_ms_cpu": 60_000}}),
+        "COLUMNS": "200",
+    }
 
 
 def _as_server_user(command: list[str]) -> list[str]:

@@ -3,7 +3,6 @@ the canary's share shows in /v1/models, live metrics decide, promotion or rollba
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 from kizuna.config import Settings
 from kizuna.store import adapters
 from kizuna.store.db import open_store, transaction
-from support import in_process_replica
+from support import in_process_replica, rollout_env
 
 pytestmark = pytest.mark.integration
 TOKEN = "rollout-test"
@@ -52,20 +51,13 @@ def _serving(settings: Settings) -> Settings:
 
 
 def _rollout(settings: Settings, *args: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "KIZUNA_DATA_DIR": str(settings.data_dir),
-        "KIZUNA_BASE_MODEL": settings.base_model,
-        "KIZUNA_DEVICE": "cpu",
-        "COLUMNS": "200",
-    }
     command = [sys.executable, "-m", "kizuna", "rollout", "start", "--persona", "tsundere"]
     return subprocess.Popen(
         [*command, *args, "--interval-s", "0.2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=rollout_env(settings),
     )
 
 

@@ -7,13 +7,13 @@ one is started. The rollout must still end promoted with one retrain job, one ne
 version and the traffic where the record says.
 """
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,7 +26,7 @@ from kizuna.store import adapters
 from kizuna.store.db import open_store, transaction
 from kizuna.store.models import Run, RunKind
 from kizuna.store.rollouts import get_rollout
-from support import in_process_replica
+from support import in_process_replica, rollout_env
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 TOKEN = "rollout-kill"
@@ -35,25 +35,22 @@ FINAL = {"Promoted", "Rejected", "RolledBack", "Failed"}
 
 
 def _kizuna(settings: Settings, *args: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "KIZUNA_DATA_DIR": str(settings.data_dir),
-        "KIZUNA_BASE_MODEL": settings.base_model,
-        "KIZUNA_DEVICE": "cpu",
-        "COLUMNS": "200",
-    }
     return subprocess.Popen(
         [sys.executable, "-m", "kizuna", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=rollout_env(settings),
     )
 
 
-def _recorded(settings: Settings) -> tuple[str, int | None]:
+def _state(settings: Settings) -> dict[str, Any]:
     with open_store(settings.resolved_database_url)() as session:
-        state = get_rollout(session, name=NAME).state
+        return dict(get_rollout(session, name=NAME).state)
+
+
+def _recorded(settings: Settings) -> tuple[str, int | None]:
+    state = _state(settings)
     return str(state.get("phase")), state.get("step")
 
 
@@ -118,7 +115,7 @@ def test_a_rollout_killed_after_every_step_resumes_without_duplicates(
         replica.close()
 
     print(f"\nrollout backend SIGKILLed after each recorded step: {kills}")
-    assert seen[0] == "Promoted", seen
+    assert seen[0] == "Promoted", _state(settings)
     # Gating passes within one check when the gates are overridden, so it is not always
     # seen between polls; every other step is.
     assert {"Training", ("Canary", 0), ("Canary", 1), "Promoted"} <= {

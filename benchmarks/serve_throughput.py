@@ -8,7 +8,8 @@ All figures come from one run on the same model, prompts and token counts:
   all-linear adapters, applied per row in one pass;
 - naive PEFT: the same 8 adapters loaded in PEFT, ``set_adapter`` before each request,
   requests one at a time (PEFT cannot mix adapters inside a plain ``generate`` batch);
-- Ray Serve p50 vs engine-alone p50 for one request with one adapter.
+- Ray Serve p50 vs engine-alone p50 for one request with one adapter, and a streamed
+  chat reply through Serve: when its first text arrives against when it is complete.
 
 On CUDA, also batch-1 decode against the memory roofline: the time one decode step
 would take if it only read the base weights once at the measured device-to-device copy
@@ -132,10 +133,10 @@ def main() -> None:
         dirs = _adapter_dirs(_base(args, path, device), Path(tmp))
         rows, roofline = _throughput(args, path, device, tokenizer, dirs, prompts, params)
         gc.collect()  # the throughput models are gone: latency is timed in a replica-like process
-        serve_ratio = None
+        serve = None
         if not args.no_serve:
-            serve_ratio = _serve_vs_engine(settings, path, dirs[0], tokenizer, prompts[0], params)
-    _print(rows, serve_ratio, roofline, args, device)
+            serve = _serve_vs_engine(settings, path, dirs[0], tokenizer, prompts[0], params)
+    _print(rows, serve, roofline, args, device)
 
 
 def _copy_bandwidth(device: torch.device) -> float:
@@ -238,6 +239,38 @@ def _throughput(
     return rows, roofline
 
 
+@dataclass(frozen=True)
+class ServeTimings:
+    """Medians, in seconds, of one request at a time."""
+
+    served: float  # a transform through Ray Serve's HTTP path
+    alone: float  # the same request, engine alone
+    first_text: float  # a streamed chat reply through Serve: its first text
+    streamed: float  # ... and its end
+
+
+def _streamed_chat(url: str, headers: dict[str, str], max_tokens: int) -> tuple[float, float]:
+    """Seconds until a streamed chat reply's first text, and until its end."""
+    body = {
+        "model": "tsundere",
+        "messages": [{"role": "user", "content": TEXTS[1]}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first = None
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=300
+    ) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if first is None and '"content"' in line:
+                first = time.perf_counter() - started
+    whole = time.perf_counter() - started
+    return (whole if first is None else first), whole
+
+
 def _serve_vs_engine(
     settings: Settings,
     path: str,
@@ -245,8 +278,9 @@ def _serve_vs_engine(
     tokenizer: PreTrainedTokenizerBase,
     prompt: list[int],
     params: SamplingParams,
-) -> tuple[float, float]:
-    """p50 of one request through the engine alone, then through Ray Serve's HTTP path.
+) -> ServeTimings:
+    """p50 of one request through the engine alone, then through Ray Serve's HTTP path,
+    then of a streamed chat reply through Serve.
 
     The engine is timed first: Ray's processes keep using CPU for a while after shutdown.
     """
@@ -314,14 +348,20 @@ def _serve_vs_engine(
                 )
                 timings.append(time.perf_counter() - started)
                 response.raise_for_status()
+            streams = [_streamed_chat(url, headers, params.max_new_tokens) for _ in range(8)]
         finally:
             launch.stop()
-    return statistics.median(timings[1:]), statistics.median(alone)
+    return ServeTimings(
+        served=statistics.median(timings[1:]),
+        alone=statistics.median(alone),
+        first_text=statistics.median(first for first, _ in streams[1:]),
+        streamed=statistics.median(whole for _, whole in streams[1:]),
+    )
 
 
 def _print(
     rows: list[tuple[str, int, float]],
-    serve: tuple[float, float] | None,
+    serve: ServeTimings | None,
     roofline: Roofline | None,
     args: argparse.Namespace,
     device: torch.device,
@@ -346,11 +386,16 @@ def _print(
         record("serve throughput", figure, tps / merged[batch], "one merged adapter")
         record("serve throughput", figure, tps / naive[batch], "naive PEFT switching")
     if serve is not None:
-        served, alone = serve
+        served, alone = serve.served, serve.alone
         table.add_row("Ray Serve p50 (1 request) ms", "1", f"{served * 1000:.0f}", "", "")
         table.add_row("engine alone p50 ms", "1", f"{alone * 1000:.0f}", "", "")
         table.add_row("Serve ÷ engine p50", "1", f"{served / alone:.2f}", "", "")
         record("serve throughput", "p50 through Ray Serve", served / alone, "engine alone p50")
+        first, whole = serve.first_text, serve.streamed
+        table.add_row("streamed chat: first text p50 ms", "1", f"{first * 1000:.0f}", "", "")
+        table.add_row("streamed chat: whole reply p50 ms", "1", f"{whole * 1000:.0f}", "", "")
+        table.add_row("first text ÷ whole reply", "1", f"{first / whole:.2f}", "", "")
+        record("serve throughput", "streamed chat: first text", first / whole, "whole reply")
     if roofline is not None:
         gib = roofline.weight_bytes / 2**30
         table.add_row(

@@ -8,6 +8,7 @@ a traceback. Long work shows a progress bar.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -237,27 +238,40 @@ def chat(
 
     config = settings()
     history: list[Message] = []
-
-    def remote(messages: list[Message]) -> tuple[str, float]:
-        body = {
-            "model": persona,
-            "messages": messages,
-            "max_tokens": max_new_tokens,
-            "temperature": temperature,
-            "strength": strength,
-        }
-        answer = _post(config, server or "", "/v1/chat/completions", body)
-        return answer["choices"][0]["message"]["content"], answer["kizuna"]["entropy_mean"]
+    Reply = Callable[[list[Message], Callable[[str], None]], float]
 
     if server is None:
         model = PersonaModel(config, persona=persona)
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
 
-        def reply(messages: list[Message]) -> tuple[str, float]:
+        def local(messages: list[Message], show: Callable[[str], None]) -> float:
             result = model.reply(with_system(messages), strength=strength, params=params)
-            return result.output, result.entropy_mean
+            show(result.output)
+            return result.entropy_mean
+
+        reply: Reply = local
     else:
+        from kizuna.serve.client import ServerClient
+
+        client = ServerClient(config, server)
+
+        def remote(messages: list[Message], show: Callable[[str], None]) -> float:
+            body = {
+                "model": persona,
+                "messages": messages,
+                "max_tokens": max_new_tokens,
+                "temperature": temperature,
+                "strength": strength,
+            }
+            return float(client.stream_chat(body, show)["entropy_mean"])
+
         reply = remote
+    pieces: list[str] = []
+
+    def show(piece: str) -> None:  # the reply as it comes
+        pieces.append(piece)
+        out.print(piece, end="", markup=False, highlight=False)
+
     err.print(f"[dim]chatting with {persona}; empty line to quit[/dim]")
     for line in sys.stdin:
         text = line.strip()
@@ -266,30 +280,12 @@ def chat(
         history.append(
             {"role": "user", "content": validate_text(text, limit=config.max_input_chars)}
         )
-        output, entropy = reply(history)
-        history.append({"role": "assistant", "content": output})
-        out.print(f"{persona}> {output}", markup=False, highlight=False)
+        pieces.clear()
+        out.print(f"{persona}> ", end="", markup=False, highlight=False)
+        entropy = reply(history, show)
+        out.print()
+        history.append({"role": "assistant", "content": "".join(pieces)})
         err.print(f"[dim]entropy mean {entropy:.3f}[/dim]")
-
-
-def _post(config: Settings, server: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST to a running server with the configured (or generated) token."""
-    import httpx
-
-    from kizuna.serve.tokens import client_token
-
-    token = client_token(config)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.post(
-            f"{server.rstrip('/')}{path}", json=body, headers=headers, timeout=300
-        )
-    except httpx.HTTPError as exc:
-        raise ValueError(f"cannot reach {server}: {exc}") from exc
-    if response.status_code != 200:
-        raise ValueError(f"server answered {response.status_code}: {response.text[:300]}")
-    answer: dict[str, Any] = response.json()
-    return answer
 
 
 def _transform_remote(
@@ -310,7 +306,9 @@ def _transform_remote(
         "temperature": temperature,
         "seed": seed,
     }
-    result = _post(config, server, "/v1/transform", body)
+    from kizuna.serve.client import ServerClient
+
+    result = ServerClient(config, server).post("/v1/transform", body)
     out.print(result["output"], markup=False, highlight=False)
     err.print(
         f"[dim]{result['persona']} v{result['adapter_version']} · strength {strength:.2f} · "

@@ -186,6 +186,32 @@ def test_a_row_gets_the_same_reply_alone_or_in_any_batch(decoder, request, token
     )
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_each_row_hears_its_tokens_step_by_step(decoder, request, tokenizer) -> None:
+    engine = request.getfixturevalue(decoder)
+    heard: list[tuple[int, int]] = []
+    requests = [
+        EngineRequest(
+            prompt=prompt_ids(tokenizer, transform_messages(text)),
+            mix=mix,
+            params=SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens),
+            on_token=lambda token, row=row: heard.append((row, token)),
+        )
+        for row, (text, mix, tokens) in enumerate(
+            [(TEXTS[0], {"tsundere": 1.0}, 3), (TEXTS[1], {"airhead": 1.0}, 6)]
+        )
+    ]
+    short, long = engine.generate(requests)
+    assert (len(short.token_ids), len(long.token_ids)) == (3, 6)
+    # Interleaved as the rows decode together, not handed over at the end.
+    expected = []
+    for step, token in enumerate(long.token_ids):
+        if step < len(short.token_ids):
+            expected.append((0, short.token_ids[step]))
+        expected.append((1, token))
+    assert heard == expected
+
+
 def test_least_recently_used_adapter_is_evicted(tiny_model_dir, tokenizer, adapters) -> None:
     engine = Engine(
         load_base_model(str(tiny_model_dir), device=CPU), tokenizer, max_adapters=2, max_rank=8

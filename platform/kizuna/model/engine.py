@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -50,14 +50,22 @@ class AdapterNotResidentError(KeyError):
         return str(self.args[0])
 
 
+TokenListener = Callable[[int], None]
+
+
 @dataclass(frozen=True)
 class EngineRequest:
-    """One row of a batch: a prompt, the adapters it mixes, its strength and sampling."""
+    """One row of a batch: a prompt, the adapters it mixes, its strength and sampling.
+
+    ``on_token``, if given, is called from the decoding thread with each token the row
+    chooses, as it is chosen (a streamed reply); it must return at once and not raise.
+    """
 
     prompt: list[int]
     mix: dict[str, float] = field(default_factory=dict)
     strength: float = 1.0
     params: SamplingParams = field(default_factory=SamplingParams)
+    on_token: TokenListener | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -286,6 +294,8 @@ class Engine:
                 if done[row]:
                     continue
                 tokens[row].append(picked[row])
+                if request.on_token is not None:
+                    request.on_token(picked[row])
                 entropies[row].append(round(row_entropy[row], 6))
                 margins[row].append(round(row_margin[row], 6))
                 ended = picked[row] == eos or len(tokens[row]) >= request.params.max_new_tokens

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
@@ -29,7 +28,14 @@ from kizuna.serve.schemas import (
     TransformRequest,
     TransformResponse,
 )
-from kizuna.serve.service import BASE_MODEL_NAME, BadRequestError, InferenceService, OverloadedError
+from kizuna.serve.service import (
+    BASE_MODEL_NAME,
+    BadRequestError,
+    InferenceService,
+    OverloadedError,
+    public_interaction_id,
+)
+from kizuna.serve.streaming import StreamedReply, chat_completion_events
 from kizuna.store.db import transaction
 from kizuna.store.interactions import set_feedback
 
@@ -128,14 +134,27 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
     async def transform(
         body: TransformRequest, caller: Authenticated, key: IdempotencyKey = None
     ) -> TransformResponse:
-        return await service.transform(body, caller, key)
+        return await service.transform(body, caller, public_interaction_id(caller, key))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(
         body: ChatCompletionRequest, caller: Authenticated, key: IdempotencyKey = None
     ) -> dict[str, Any] | StreamingResponse:
-        reply = await service.chat(body, caller, key)
+        interaction_id = public_interaction_id(caller, key)
         created = int(time.time())
+        if body.stream:
+            streamed = StreamedReply(service.tokenizer)
+            streamed.start(service.chat(body, caller, interaction_id, on_token=streamed.on_token))
+            await streamed.started()  # bad input and overload still get their status
+            events = chat_completion_events(
+                streamed,
+                completion_id=interaction_id,
+                model=body.model,
+                created=created,
+                max_tokens=body.max_tokens,
+            )
+            return StreamingResponse(events, media_type="text/event-stream")
+        reply = await service.chat(body, caller, interaction_id)
         text, generation = reply.generation.text, reply.generation
         kizuna = {
             "interaction_id": reply.interaction_id,
@@ -144,11 +163,6 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
             "adapter_versions": reply.adapter_versions,
         }
         finish = "length" if len(generation.token_ids) >= body.max_tokens else "stop"
-        if body.stream:
-            return StreamingResponse(
-                _sse(reply.interaction_id, body.model, created, text, finish),
-                media_type="text/event-stream",
-            )
         return {
             "id": reply.interaction_id,
             "object": "chat.completion",
@@ -219,26 +233,3 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
         return {"status": "recorded"}
 
     return app
-
-
-async def _sse(
-    completion_id: str, model: str, created: int, text: str, finish: str
-) -> AsyncIterator[str]:
-    """OpenAI-style server-sent events: a role chunk, content chunks, a finish chunk."""
-
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
-        body = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    yield chunk({"role": "assistant"})
-    # Pieces keep their trailing whitespace, so the chunks concatenate to the exact text.
-    for piece in re.findall(r"\S+\s*|\s+", text):
-        yield chunk({"content": piece})
-    yield chunk({}, finish)
-    yield "data: [DONE]\n\n"

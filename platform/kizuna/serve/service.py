@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedTokenizerBase
 
-from kizuna.model.engine import EngineRequest
+from kizuna.model.engine import EngineRequest, TokenListener
 from kizuna.model.generation import Generation, SamplingParams
 from kizuna.model.prompts import Message, prompt_ids, transform_messages, with_system
 from kizuna.personas.loader import profile_files, unknown_persona
@@ -57,6 +57,12 @@ class Reply:
     interaction_id: str
     latency_ms: float
     cached: bool
+
+
+def public_interaction_id(caller: Caller, idempotency_key: str | None) -> str:
+    """The logged interaction's id: a client's key (per device) makes a retry log once."""
+    scope = caller.device_id or "app"
+    return f"{scope}:{idempotency_key}" if idempotency_key else str(uuid.uuid4())
 
 
 def parse_persona_ref(reference: str, *, field: str) -> tuple[str, int | None]:
@@ -100,6 +106,11 @@ class InferenceService:
         self._cache: ResultCache[Generation] = ResultCache(cache_size)
         self._known = set(profile_files(personas_dir))
 
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The base model's tokenizer (prompts in, replies out)."""
+        return self._tokenizer
+
     def _check_known(self, field: str, persona: str) -> None:
         # Names are listed once, not per request; a miss lists the directory again so
         # a profile dropped in while serving is found without a restart.
@@ -133,9 +144,10 @@ class InferenceService:
         params: SamplingParams,
         caller: Caller,
         consent: bool,
-        idempotency_key: str | None,
+        interaction_id: str,
         request_text: str,
         persona: str | None,
+        on_token: TokenListener | None = None,
     ) -> Reply:
         if self._in_flight >= self._max_in_flight:
             raise OverloadedError(f"{self._in_flight} requests in flight; retry shortly")
@@ -150,19 +162,24 @@ class InferenceService:
             self.metrics.cache.labels(result="hit" if cached else "miss").inc()
             if generation is None:
                 request = EngineRequest(
-                    prompt=prompt, mix=engine_mix, strength=strength, params=params
+                    prompt=prompt,
+                    mix=engine_mix,
+                    strength=strength,
+                    params=params,
+                    on_token=on_token,
                 )
                 generation = await self._run_one(request)
                 if params.temperature == 0:
                     self._cache.put(key, generation)
+            elif on_token is not None:
+                for token in generation.token_ids:
+                    on_token(token)
         finally:
             self._in_flight -= 1
         latency_ms = (time.perf_counter() - started) * 1000
-        scope = caller.device_id or "app"
-        public_id = f"{scope}:{idempotency_key}" if idempotency_key else str(uuid.uuid4())
         self.journal.append(
             InteractionRecord(
-                public_id=public_id,
+                public_id=interaction_id,
                 request_text=request_text,
                 output_text=generation.text,
                 strength=strength,
@@ -183,15 +200,15 @@ class InferenceService:
         return Reply(
             generation=generation,
             adapter_versions=versions,
-            interaction_id=public_id,
+            interaction_id=interaction_id,
             latency_ms=latency_ms,
             cached=cached,
         )
 
     async def transform(
-        self, body: TransformRequest, caller: Caller, idempotency_key: str | None
+        self, body: TransformRequest, caller: Caller, interaction_id: str
     ) -> TransformResponse:
-        """Rewrite the body's text in its persona or mix."""
+        """Rewrite the body's text in its persona or mix (logged as ``interaction_id``)."""
         self._check_length("text", body.text)
         mix = body.mix if body.mix is not None else {body.persona or "": 1.0}
         persona = parse_persona_ref(body.persona, field="persona")[0] if body.persona else None
@@ -208,7 +225,7 @@ class InferenceService:
             ),
             caller=caller,
             consent=body.consent,
-            idempotency_key=idempotency_key,
+            interaction_id=interaction_id,
             request_text=body.text,
             persona=persona,
         )
@@ -227,9 +244,15 @@ class InferenceService:
         )
 
     async def chat(
-        self, body: ChatCompletionRequest, caller: Caller, idempotency_key: str | None
+        self,
+        body: ChatCompletionRequest,
+        caller: Caller,
+        interaction_id: str,
+        *,
+        on_token: TokenListener | None = None,
     ) -> Reply:
-        """The next assistant turn for the body's conversation."""
+        """The next assistant turn for the body's conversation (logged as
+        ``interaction_id``); ``on_token`` hears each of its tokens as it is chosen."""
         for message in body.messages:
             self._check_length("messages", message.content)
         messages: list[Message] = [m.model_dump() for m in body.messages]
@@ -253,9 +276,10 @@ class InferenceService:
             ),
             caller=caller,
             consent=body.consent,
-            idempotency_key=idempotency_key,
+            interaction_id=interaction_id,
             request_text=body.messages[-1].content,
             persona=persona,
+            on_token=on_token,
         )
 
     def _check_length(self, field: str, text: str) -> None:

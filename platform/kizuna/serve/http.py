@@ -155,14 +155,7 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
             )
             return StreamingResponse(events, media_type="text/event-stream")
         reply = await service.chat(body, caller, interaction_id)
-        text, generation = reply.generation.text, reply.generation
-        kizuna = {
-            "interaction_id": reply.interaction_id,
-            "entropy_mean": generation.entropy_mean,
-            "entropy_max": generation.entropy_max,
-            "adapter_versions": reply.adapter_versions,
-        }
-        finish = "length" if len(generation.token_ids) >= body.max_tokens else "stop"
+        generation = reply.generation
         return {
             "id": reply.interaction_id,
             "object": "chat.completion",
@@ -171,8 +164,8 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish,
+                    "message": {"role": "assistant", "content": generation.text},
+                    "finish_reason": reply.finish_reason(body.max_tokens),
                 }
             ],
             "usage": {
@@ -180,7 +173,7 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
                 "completion_tokens": len(generation.token_ids),
                 "total_tokens": generation.prompt_tokens + len(generation.token_ids),
             },
-            "kizuna": kizuna,
+            "kizuna": reply.kizuna_fields(),
         }
 
     @app.get("/v1/models")

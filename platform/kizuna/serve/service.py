@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedTokenizerBase
@@ -57,6 +58,19 @@ class Reply:
     interaction_id: str
     latency_ms: float
     cached: bool
+
+    def finish_reason(self, max_tokens: int) -> str:
+        """OpenAI's ``finish_reason``: ``length`` where the token budget ended the reply."""
+        return "length" if len(self.generation.token_ids) >= max_tokens else "stop"
+
+    def kizuna_fields(self) -> dict[str, Any]:
+        """What a chat completion adds to OpenAI's fields: the logged id and the entropy."""
+        return {
+            "interaction_id": self.interaction_id,
+            "entropy_mean": self.generation.entropy_mean,
+            "entropy_max": self.generation.entropy_max,
+            "adapter_versions": self.adapter_versions,
+        }
 
 
 def public_interaction_id(caller: Caller, idempotency_key: str | None) -> str:

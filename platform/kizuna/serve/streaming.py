@@ -154,14 +154,7 @@ async def chat_completion_events(
         log.exception("streamed reply %s failed", completion_id)
         yield event({"error": {"message": str(exc), "type": "server_error"}})
         return
-    generation = reply.generation
-    finish = "length" if len(generation.token_ids) >= max_tokens else "stop"
-    last = chunk({}, finish)
-    last["kizuna"] = {
-        "interaction_id": reply.interaction_id,
-        "entropy_mean": generation.entropy_mean,
-        "entropy_max": generation.entropy_max,
-        "adapter_versions": reply.adapter_versions,
-    }
+    last = chunk({}, reply.finish_reason(max_tokens))
+    last["kizuna"] = reply.kizuna_fields()
     yield event(last)
     yield "data: [DONE]\n\n"

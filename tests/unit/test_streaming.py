@@ -27,7 +27,7 @@ def _ids(tokenizer) -> list[int]:
 
 def _pieces(tokenizer, ids: list[int]) -> list[str]:
     text = ReplyText(tokenizer)
-    pieces = [text.push(token) for token in ids]
+    pieces = [text.push([token]) for token in ids]
     return [*pieces, text.finish(decode_reply(tokenizer, ids))]
 
 

@@ -38,9 +38,11 @@ class ReplyText:
         self._ids: list[int] = []
         self.sent = ""
 
-    def push(self, token: int) -> str:
-        """Take one more token; the text it settles (often empty)."""
-        self._ids.append(token)
+    def push(self, tokens: list[int]) -> str:
+        """Take the tokens that came since the last push; the text they settle (often
+        empty). Each push decodes the reply so far once, so tokens that came together
+        are pushed together."""
+        self._ids += tokens
         return self._advance(decode_reply(self._tokenizer, self._ids))
 
     def finish(self, text: str) -> str:
@@ -107,7 +109,7 @@ class StreamedReply:
             pending.append(await self._tokens.get())
             while not self._tokens.empty():  # tokens that came together go out together
                 pending.append(self._tokens.get_nowait())
-            delta = "".join(self._text.push(t) for t in pending if t is not None)
+            delta = self._text.push([t for t in pending if t is not None])
             if delta:
                 yield delta
             if None in pending:

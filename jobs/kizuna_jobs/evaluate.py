@@ -18,7 +18,7 @@ import ray.train
 
 from kizuna.artifacts import PublishedArtifact, fetch_directory, publish_directory
 from kizuna.config import Settings
-from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.datasets.content import ContentCheck
 from kizuna.evaluation.candidate import (
     CANDIDATE,
     STABLE,
@@ -52,7 +52,6 @@ class EvaluationJob:
     strength: float
     max_new_tokens: int
     latency_samples: int
-    classifier_sentences: int
     lineage: dict[str, Any]
     training: dict[str, Any]
 
@@ -90,12 +89,8 @@ def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[st
         sizes["adapter_int8_bytes"] = directory_bytes(int8_dir)
 
         report_stage = _StageReporter(settings, lineage["run_id"])
-        report_stage("persona classifier (trained once, cached)")
-        trained = load_or_train(
-            profiles,
-            settings.data_dir / "classifier",
-            sentences_per_language=job.classifier_sentences,
-        )
+        report_stage("persona judge (trained once on the authored corpus, cached)")
+        trained = load_or_train(profiles, settings.judge_dir)
         engine = build_engine(settings.model_copy(update={"quantization": "none"}), max_adapters=2)
         engine.load_adapter(CANDIDATE, bundle)
         if stable is not None:
@@ -117,7 +112,7 @@ def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[st
             engine,
             profile,
             plan,
-            Scorers(trained.classifier, ContentSimilarity()),
+            Scorers(trained.classifier, ContentCheck()),
             quantized_engine=quantized,
             on_stage=report_stage,
         )
@@ -139,6 +134,7 @@ def evaluate_and_publish(job: EvaluationJob) -> tuple[PublishedArtifact, dict[st
             "run_id": lineage["run_id"],
             "summary": summary,
             "classifier_heldout_accuracy": trained.heldout_accuracy,
+            "classifier_heldout": trained.heldout,
             "evaluation": result.to_json(),
             "gates": [asdict(g) for g in gates],
             "sizes": sizes,

@@ -106,13 +106,10 @@ class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     per_language: int = Field(default=24, ge=1, description="Held-out inputs per language.")
-    strength: float = Field(default=0.6, description="Headline strength (0.3, 0.6 or 1.0).")
+    strength: float = Field(default=1.0, description="Headline strength (0.3, 0.6 or 1.0).")
     # Chinese takes ~2 tokens a character in SmolLM2's vocabulary: 40 cut outputs short.
     max_new_tokens: int = Field(default=80, ge=1)
     latency_samples: int = Field(default=8, ge=1)
-    classifier_sentences: int = Field(
-        default=400, ge=10, description="Corpus sentences per language for the classifier."
-    )
 
 
 class RetrainConfig(BaseModel):

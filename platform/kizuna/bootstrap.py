@@ -20,10 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from kizuna import __version__
 from kizuna.artifacts import publish_directory
 from kizuna.config import EMBEDDED_BASE_MODEL, Settings
+from kizuna.datasets.pairs import split_of
+from kizuna.datasets.persona_corpus import authored_rewrites
 from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
 from kizuna.model.embedded import build_embedded_model
-from kizuna.model.finetune import FinetuneArgs, Pair, train_lora
-from kizuna.model.lora import LoraShape, new_adapter
+from kizuna.model.finetune import FinetuneArgs, Pair
+from kizuna.model.joint_finetune import train_jointly
+from kizuna.model.lora import LoraShape
 from kizuna.personas import INTENSITY_STRENGTH, PersonaProfile, load_profiles
 from kizuna.store import adapters as adapter_store
 from kizuna.store import runs as run_store
@@ -61,12 +64,25 @@ class BootstrapReport:
     seconds: float = 0.0
 
 
+#: Six personas x 4 rows a step x 64 steps = 256 rows per adapter, about 8 min on 2
+#: CPU cores in bf16 (~200 tokens/s); see ``benchmarks/persona_quality.py`` for what
+#: more steps buy.
+BOOTSTRAP_ARGS = FinetuneArgs(steps=64, batch_size=4)
+
+
 def training_pairs(profile: PersonaProfile) -> list[Pair]:
-    """The profile's example pairs in both languages, each at its intensity's strength."""
-    return [
+    """The persona's authored rewrites of the train split, and the profile's examples
+    whose inputs are in the train split, each at its intensity's strength."""
+    authored = [
+        Pair(input=r.input, target=r.target, strength=r.strength)
+        for r in authored_rewrites([profile.id], split="train")
+    ]
+    examples = [
         Pair(input=ex.input, target=ex.target, strength=INTENSITY_STRENGTH[ex.intensity])
         for ex in profile.example_pairs()
+        if split_of(ex.input) == "train"
     ]
+    return authored + examples
 
 
 def _profile_digest(profile: PersonaProfile) -> str:
@@ -84,7 +100,7 @@ def bootstrap(
 ) -> BootstrapReport:
     """Make a fresh install able to transform text in every persona."""
     started = time.perf_counter()
-    args, shape = args or FinetuneArgs(), shape or LoraShape()
+    args, shape = args or BOOTSTRAP_ARGS, shape or LoraShape()
     base_lineage: dict[str, str] = {"base_model": settings.base_model}
     converted = False
     if settings.base_model == EMBEDDED_BASE_MODEL:
@@ -158,28 +174,29 @@ def _train_adapters(
     base = load_base_model(settings.resolved_base_model, device=device)
     with transaction(sessions) as session:
         run_store.update_run(session, run_id=run_id, phase=RunPhase.RUNNING)
+    progress.stage(f"Training {len(todo)} adapter(s) together", total=plan.args.steps)
+    training = train_jointly(
+        base,
+        tokenizer,
+        {pid: training_pairs(profiles[pid]) for pid in todo},
+        plan.shape,
+        plan.args,
+        on_step=lambda step: progress.advance(1, note=f"loss {step.loss:.3f}"),
+    )
     for index, pid in enumerate(todo):
-        progress.stage(f"Training adapter: {pid}", total=plan.args.steps)
-        model = new_adapter(base, plan.shape, seed=plan.args.seed)
-        losses = train_lora(
-            model,
-            tokenizer,
-            training_pairs(profiles[pid]),
-            plan.args,
-            on_step=lambda step: progress.advance(1, note=f"loss {step.loss:.3f}"),
-        )
+        losses = training.losses[pid]
         with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+            training.save_adapter(pid, Path(tmp))
             artifact = publish_directory(
                 Path(tmp), root_url=settings.resolved_artifact_url, persona=pid
             )
-        base = model.unload()
         lineage = {
             **plan.base_lineage,
             "source": "bootstrap",
             "profile_sha256": _profile_digest(profiles[pid]),
             "lora": asdict(plan.shape),
             "finetune": asdict(plan.args),
+            "trained_with": sorted(todo),
             "kizuna_version": __version__,
         }
         with transaction(sessions) as session:

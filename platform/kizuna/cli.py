@@ -7,6 +7,7 @@ a traceback. Long work shows a progress bar.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,10 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from kizuna.artifacts import ArtifactIntegrityError
+from kizuna.bootstrap import BOOTSTRAP_ARGS
 from kizuna.config import Settings
 from kizuna.model.base import BaseModelMissingError
 from kizuna.model.embedded import EmbeddedModelError
-from kizuna.model.finetune import FinetuneArgs
 from kizuna.model.generation import SamplingParams
 from kizuna.personas import ProfileError, UnknownPersonaError, load_profile
 from kizuna.personas.loader import profile_files
@@ -127,8 +128,8 @@ def bootstrap(
         list[str] | None, typer.Option("--persona", "-p", help="Only these personas.")
     ] = None,
     steps: Annotated[
-        int, typer.Option(min=1, help="Training steps per adapter.")
-    ] = FinetuneArgs.steps,
+        int, typer.Option(min=1, help="Training steps, shared: each step trains every persona.")
+    ] = BOOTSTRAP_ARGS.steps,
     force: Annotated[bool, typer.Option(help="Retrain adapters that already exist.")] = False,
 ) -> None:
     """Build the embedded base model offline and a first stable adapter per persona."""
@@ -139,7 +140,7 @@ def bootstrap(
         report = run_bootstrap(
             config,
             progress=ConsoleProgress(bar),
-            args=FinetuneArgs(steps=steps),
+            args=dataclasses.replace(BOOTSTRAP_ARGS, steps=steps),
             personas=persona,
             force=force,
         )
@@ -337,8 +338,11 @@ def relabel(
 
     An interrupted run (Ctrl-C, teacher down) resumes when the same command runs again.
     """
-    from kizuna.datasets.relabel import RelabelConfig
+    from kizuna.datasets.content import ContentCheck
+    from kizuna.datasets.relabel import Checks, RelabelConfig
     from kizuna.datasets.relabel import relabel as run_relabel
+    from kizuna.evaluation.classifier import load_or_train
+    from kizuna.personas import load_profiles
     from kizuna.store.db import open_store
     from kizuna.teacher.registry import build_teacher
 
@@ -349,8 +353,9 @@ def relabel(
     job.sampler()  # reject bad settings before loading any model
     profiles = _profiles(config, persona)
     factory = open_store(config.resolved_database_url)
-    with err.status(f"loading the {teacher} teacher…"):
+    with err.status(f"loading the {teacher} teacher and the persona judge…"):
         chosen = build_teacher(teacher, config)
+        judge = load_or_train(load_profiles(config.resolved_personas_dir), config.judge_dir)
     with _bar() as bar:
         task = bar.add_task(f"relabel ({teacher})", total=None, note="")
         result = run_relabel(
@@ -359,6 +364,7 @@ def relabel(
             teacher=chosen,
             profiles=profiles,
             export_dir=config.datasets_dir,
+            checks=Checks(ContentCheck(), judge.classifier),
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if result.report is None:

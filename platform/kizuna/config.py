@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     gates: dict[str, GateThresholds] = Field(
         default_factory=dict,
         description="Evaluation gates per persona id; a persona not listed gets the defaults "
-        "(style >= 0.80, content >= 0.90, distinct-2 >= 1.3 x rules, latency < 500 ms).",
+        "(style >= 0.80, content >= 0.85, distinct-2 >= 1.3 x rules, latency < 500 ms).",
     )
 
     def gates_for(self, persona: str) -> GateThresholds:
@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     def adapter_cache_dir(self) -> Path:
         """Local, sha256-verified copies of adapter artifacts."""
         return self.data_dir / "cache" / "adapters"
+
+    @property
+    def judge_dir(self) -> Path:
+        """Where the persona judge is cached, one folder per training set."""
+        return self.data_dir / "classifier"
 
     @property
     def datasets_dir(self) -> Path:

@@ -9,7 +9,8 @@ from kizuna.datasets.build import build_parallel_corpus
 from kizuna.datasets.corpus import CORPUS_STRENGTHS, DATA_DIR, neutral_sentences, parallel_pairs
 from kizuna.datasets.pairs import StyledPair, split_of
 from kizuna.datasets.quality import REASONS, QualityConfig, filter_pairs
-from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.datasets.content import ContentCheck
+from kizuna.evaluation.classifier import PersonaClassifier, training_texts
 from kizuna.personas import load_profiles
 from kizuna.sampler.diversity import near_duplicates
 from kizuna.store.datasets import dataset_rows, get_dataset
@@ -20,8 +21,8 @@ PROFILES = load_profiles()
 
 
 @pytest.fixture(scope="module")
-def similarity() -> ContentSimilarity:
-    return ContentSimilarity()
+def content() -> ContentCheck:
+    return ContentCheck()
 
 
 class TestShippedCorpus:
@@ -39,10 +40,10 @@ class TestShippedCorpus:
             assert needle in readme
 
 
-def test_the_split_is_a_stable_ninety_ten_by_input() -> None:
+def test_the_split_is_a_stable_eighty_twenty_by_input() -> None:
     sentences = neutral_sentences()
     test_share = sum(split_of(s) == "test" for s in sentences) / len(sentences)
-    assert 0.07 < test_share < 0.13
+    assert 0.17 < test_share < 0.23
     assert [split_of(s) for s in sentences[:50]] == [split_of(s) for s in sentences[:50]]
     pair = StyledPair(input=sentences[0], target="x", persona="cool", strength=0.3)
     assert pair.to_json()["metadata"] == {
@@ -67,7 +68,7 @@ def _pair(source: str, target: str, persona: str = "tsundere", strength: float =
     return StyledPair(input=source, target=target, persona=persona, strength=strength)
 
 
-def test_each_filter_drops_what_it_names_and_counts_it(similarity: ContentSimilarity) -> None:
+def test_each_filter_drops_what_it_names_and_counts_it(content: ContentCheck) -> None:
     good = "Hmph. The train leaves at eight in the morning. Don't get the wrong idea!"
     pairs = [
         _pair("The train leaves at eight in the morning.", good),  # kept
@@ -86,7 +87,8 @@ def test_each_filter_drops_what_it_names_and_counts_it(similarity: ContentSimila
         ),  # content lost (chrF)
         _pair("会议改到星期五了，请大家准时参加。", "哼，会议改到星期五了，请大家准时参加。笨蛋。"),
     ]
-    kept, reasons, report = filter_pairs(pairs, PROFILES, similarity=similarity)
+    marked = QualityConfig(require_marker=True)
+    kept, reasons, report = filter_pairs(pairs, PROFILES, content=content, config=marked)
     assert kept == [0, 9]
     assert reasons == {
         1: "duplicate",
@@ -102,8 +104,22 @@ def test_each_filter_drops_what_it_names_and_counts_it(similarity: ContentSimila
     assert as_json["total"] == 10 and as_json["kept"] == 2
     assert list(as_json["dropped"]) == list(REASONS)
     assert as_json["dropped"]["content_lost"] == 2 and sum(as_json["dropped"].values()) == 8
-    relaxed = QualityConfig(require_marker=False)
-    assert 5 not in filter_pairs(pairs, PROFILES, similarity=similarity, config=relaxed)[1]
+    # By default a persona may speak without any listed marker.
+    assert 5 not in filter_pairs(pairs, PROFILES, content=content)[1]
+
+
+def test_a_judge_drops_targets_that_are_not_in_the_persona(content: ContentCheck) -> None:
+    judge = PersonaClassifier.train(training_texts(PROFILES)[0])
+    source = "The meeting moved to Thursday at 3 pm."
+    pairs = [
+        _pair(source, "Hmph, the meeting moved to Thursday at 3 pm. Not that I care, idiot!"),
+        _pair(
+            "Please send the 3 files to Ken by Friday.", "Please send the 3 files to Ken by Friday."
+        ),
+    ]
+    kept, reasons, report = filter_pairs(pairs, PROFILES, content=content, judge=judge)
+    assert kept == [0] and reasons == {1: "off_style"}
+    assert report.to_json()["dropped"]["off_style"] == 1
 
 
 def test_near_duplicates_keep_the_first_of_each_group() -> None:
@@ -113,14 +129,12 @@ def test_near_duplicates_keep_the_first_of_each_group() -> None:
 
 
 def test_build_writes_the_corpus_its_report_and_a_dataset_version(
-    tmp_path: Path, similarity: ContentSimilarity
+    tmp_path: Path, content: ContentCheck
 ) -> None:
     factory = open_store(f"sqlite:///{tmp_path / 'kizuna.db'}")
     path = tmp_path / "parallel.jsonl"
     chosen = {pid: PROFILES[pid] for pid in ("cool", "gentle")}
-    result = build_parallel_corpus(
-        chosen, path=path, limit=20, factory=factory, similarity=similarity
-    )
+    result = build_parallel_corpus(chosen, path=path, limit=20, factory=factory, content=content)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == result.rows == result.report.kept
     assert result.report.total == 40 * 2 * 3 and result.rows >= 0.95 * result.report.total

@@ -11,6 +11,7 @@ from kizuna.model.engine import AdapterNotResidentError, Engine, EngineRequest
 from kizuna.model.generation import SamplingParams, generate
 from kizuna.model.lora import load_adapter, set_strength
 from kizuna.model.prompts import prompt_ids, transform_messages
+from kizuna.model.sampling import discourage_repeats
 from support import random_adapter
 
 CPU = torch.device("cpu")
@@ -132,7 +133,10 @@ def test_greedy_generation_matches_peft_generate_row_by_row(
     decoder, request, tokenizer, tiny_model_dir, adapters
 ) -> None:
     engine = request.getfixturevalue(decoder)
-    params = SamplingParams(max_new_tokens=8, min_new_tokens=8)
+    # The reference (HF generate) knows no reply-only repeat controls: both off here.
+    params = SamplingParams(
+        max_new_tokens=8, min_new_tokens=8, no_repeat_ngram=0, repetition_penalty=1.0
+    )
     requests = [
         EngineRequest(
             prompt=prompt_ids(tokenizer, transform_messages(TEXTS[i])),
@@ -246,3 +250,48 @@ def test_adapters_above_the_rank_limit_are_refused(tiny_model_dir, tokenizer, ad
 def test_bad_requests_are_refused(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         EngineRequest(**{"prompt": [1, 2], **kwargs})
+
+
+def test_no_reply_repeats_an_ngram_and_the_prompt_may_be_copied() -> None:
+    logits = torch.zeros(2, 10)
+    replies = [[1, 2, 3, 1, 2], [4, 5]]
+    params = [
+        SamplingParams(no_repeat_ngram=3, repetition_penalty=1.0),
+        SamplingParams(no_repeat_ngram=3, repetition_penalty=2.0),
+    ]
+    logits[1, 4], logits[1, 6] = 2.0, -1.0
+    discourage_repeats(logits, replies, params)
+    # Row 0 wrote "1 2 3" and ends with "1 2": 3 would repeat a 3-gram; nothing else is banned.
+    assert logits[0, 3] == float("-inf") and torch.isfinite(logits[0, [0, 1, 2, 4]]).all()
+    # Row 1: seen tokens penalised (positive logits divided, negative multiplied).
+    assert logits[1, 4] == 1.0 and logits[1, 6] == -1.0 and logits[1, 5] == 0.0
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_generation_never_repeats_a_reply_ngram(decoder, request, tokenizer) -> None:
+    engine = request.getfixturevalue(decoder)
+    prompt = prompt_ids(tokenizer, transform_messages(TEXTS[1]))
+    free, guarded = (
+        engine.generate(
+            [
+                EngineRequest(
+                    prompt=prompt,
+                    mix={"tsundere": 1.0},
+                    params=SamplingParams(
+                        max_new_tokens=40,
+                        min_new_tokens=40,
+                        no_repeat_ngram=n,
+                        repetition_penalty=1.0,
+                    ),
+                )
+            ]
+        )[0].token_ids
+        for n in (0, 2)
+    )
+
+    def bigrams(ids: list[int]) -> list[tuple[int, ...]]:
+        return [tuple(ids[i : i + 2]) for i in range(len(ids) - 1)]
+
+    # The tiny random model repeats itself without the guard, and never with it.
+    assert len(set(bigrams(free))) < len(bigrams(free))
+    assert len(set(bigrams(guarded))) == len(bigrams(guarded))

@@ -31,6 +31,9 @@ GOOD = VariantMetrics(
     style_accuracy=0.9,
     style_probability=0.8,
     content_preservation=0.92,
+    loop_rate=0.0,
+    leakage_rate=0.0,
+    length_ratio=1.3,
     distinct_1=0.7,
     distinct_2=0.9,
     perplexity=12.0,
@@ -73,6 +76,8 @@ def test_a_candidate_meeting_every_goal_passes_every_gate() -> None:
     assert {g.name for g in gates} == {
         "style_accuracy",
         "content_preservation",
+        "loop_rate",
+        "leakage_rate",
         "distinct2_vs_rules",
         "latency_p50_ms",
         "strength_monotonic",
@@ -89,7 +94,9 @@ def test_a_candidate_meeting_every_goal_passes_every_gate() -> None:
         ({"style_accuracy": 0.79}, {"style_accuracy"}),
         ({"style_accuracy": 0.4}, {"style_accuracy", "style_vs_stable"}),
         ({"content_preservation": 0.905}, {"content_vs_stable"}),
-        ({"content_preservation": 0.85}, {"content_preservation", "content_vs_stable"}),
+        ({"content_preservation": 0.84}, {"content_preservation", "content_vs_stable"}),
+        ({"loop_rate": 0.03}, {"loop_rate"}),
+        ({"leakage_rate": 0.01}, {"leakage_rate"}),
         ({"distinct_2": 0.77}, {"distinct2_vs_rules"}),  # 1.3 x 0.6 = 0.78
         ({"latency_p50_ms": 501.0}, {"latency_p50_ms"}),
         ({"latency_p50_ms": None}, {"latency_p50_ms"}),  # not measured is not passed
@@ -144,7 +151,7 @@ def test_reports_are_json_and_one_self_contained_html_page(tmp_path: Path) -> No
     assert len(re.findall(r'<img alt="plot" src="data:image/png;base64,', page)) == 3
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "&lt;b&gt;hi&lt;/b&gt;" in page and "<b>hi</b>" not in page
-    assert "FAIL" not in page and page.count("PASS") == 8
+    assert "FAIL" not in page and page.count("PASS") == 10
     assert "<td>candidate</td><td>0.3</td><td>0.700</td><td>0.950</td>" in page
     assert render_html(stored) == page  # re-rendered from the stored JSON alone
 

@@ -71,7 +71,7 @@ class TestRules:
 
 
 def test_the_registry_builds_teachers_by_name(settings: Settings) -> None:
-    assert teacher_names() == ["hf", "openai", "prompted", "rules"]
+    assert teacher_names() == ["corpus", "hf", "openai", "prompted", "rules"]
     rules = build_teacher("rules", settings)
     assert isinstance(rules, Teacher) and rules.name == "rules"
     with pytest.raises(ValueError, match=r"unknown teacher 'gpt'.*rules"):

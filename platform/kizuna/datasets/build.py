@@ -9,10 +9,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from kizuna.datasets.content import ContentCheck
 from kizuna.datasets.corpus import neutral_sentences, parallel_pairs
 from kizuna.datasets.pairs import write_jsonl
 from kizuna.datasets.quality import QualityConfig, QualityReport, filter_pairs
-from kizuna.datasets.similarity import ContentSimilarity
 from kizuna.personas.schema import PersonaProfile
 from kizuna.store import datasets
 from kizuna.store.db import transaction
@@ -38,7 +38,7 @@ def build_parallel_corpus(
     path: Path,
     limit: int | None = None,
     factory: sessionmaker[Session] | None = None,
-    similarity: ContentSimilarity | None = None,
+    content: ContentCheck | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> CorpusResult:
@@ -54,9 +54,12 @@ def build_parallel_corpus(
     teacher = RulesTeacher()
     pairs = parallel_pairs(sentences, profiles, teacher, on_progress=on_progress)
     if on_stage is not None:
-        on_stage("quality filters (content similarity)…")
+        on_stage("quality filters (facts and content similarity)…")
     kept, _, report = filter_pairs(
-        pairs, profiles, similarity=similarity or ContentSimilarity(), config=QualityConfig()
+        pairs,
+        profiles,
+        content=content or ContentCheck(),
+        config=QualityConfig(require_marker=True),
     )
     chosen = [pairs[i] for i in kept]
     rows = write_jsonl(path, (p.to_json() for p in chosen))

@@ -8,10 +8,13 @@ has exactly one reason:
 - ``duplicate``: the same input, persona and strength as an earlier pair;
 - ``near_duplicate``: an input almost the same as an earlier, different input (hashed
   character n-gram cosine ≥ ``near_duplicate``), e.g. one number or name changed;
-- ``no_marker``: a target that contains none of the persona's markers;
+- ``no_marker``: a target that contains none of the persona's markers (only where
+  ``require_marker`` is set: a persona often speaks without any listed marker);
 - ``length_ratio``: target length ÷ input length outside ``length_ratio``;
-- ``content_lost``: a target whose content similarity to its input is below the
-  language's threshold (see :mod:`kizuna.datasets.similarity`).
+- ``content_lost``: a target that lost a fact or the meaning of its input (see
+  :mod:`kizuna.datasets.content`);
+- ``off_style``: a target the persona judge does not find in the persona (probability
+  below ``min_style_probability``), when a judge is given.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kizuna.datasets.content import ContentCheck
 from kizuna.datasets.pairs import StyledPair
-from kizuna.datasets.similarity import ContentSimilarity
 from kizuna.personas.schema import PersonaProfile
 from kizuna.sampler.diversity import near_duplicates
-from kizuna.teacher.base import language_of
+
+if TYPE_CHECKING:
+    from kizuna.evaluation.classifier import PersonaClassifier
 
 REASONS = (
     "empty",
@@ -35,6 +40,7 @@ REASONS = (
     "no_marker",
     "length_ratio",
     "content_lost",
+    "off_style",
 )
 
 
@@ -43,12 +49,11 @@ class QualityConfig:
     """Thresholds of the filters."""
 
     max_chars: int = 400
-    #: Off only where targets cannot be expected to carry markers (tests of plumbing).
-    require_marker: bool = True
+    #: For teachers whose every rewrite must carry a marker by construction (``rules``).
+    require_marker: bool = False
     near_duplicate: float = 0.9
     length_ratio: tuple[float, float] = (0.8, 5.0)
-    min_similarity_en: float = 0.45  # MiniLM cosine
-    min_similarity_zh: float = 0.35  # chrF / 100
+    min_style_probability: float = 0.5
 
 
 @dataclass
@@ -106,7 +111,8 @@ def filter_pairs(
     pairs: Sequence[StyledPair],
     profiles: Mapping[str, PersonaProfile],
     *,
-    similarity: ContentSimilarity,
+    content: ContentCheck,
+    judge: PersonaClassifier | None = None,
     config: QualityConfig | None = None,
 ) -> tuple[list[int], dict[int, str], QualityReport]:
     """Indices of the kept pairs, drop reason by index, and the report."""
@@ -120,12 +126,15 @@ def filter_pairs(
         if reason is not None:
             reasons[index] = reason
     survivors = [i for i in range(len(pairs)) if i not in reasons]
-    scores = similarity.scores([(pairs[i].input, pairs[i].target) for i in survivors])
-    for index, score in zip(survivors, scores, strict=True):
-        language = language_of(pairs[index].input)
-        floor = config.min_similarity_zh if language == "zh" else config.min_similarity_en
-        if score < floor:
+    verdicts = content.verdicts([(pairs[i].input, pairs[i].target) for i in survivors])
+    for index, verdict in zip(survivors, verdicts, strict=True):
+        if not verdict.kept:
             reasons[index] = "content_lost"
+    if judge is not None:
+        for index in [i for i in survivors if i not in reasons]:
+            (score,) = judge.persona_score([pairs[index].target], pairs[index].persona)
+            if score < config.min_style_probability:
+                reasons[index] = "off_style"
     report = QualityReport(total=len(pairs), dropped=Counter(reasons.values()))
     for index, reason in sorted(reasons.items()):
         shown = report.examples.setdefault(reason, [])

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from kizuna.datasets.content import ContentCheck
 from kizuna.datasets.export import export_dataset
 from kizuna.datasets.pairs import StyledPair
 from kizuna.datasets.quality import QualityConfig, QualityReport, filter_pairs
-from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.evaluation.classifier import PersonaClassifier
 from kizuna.personas.loader import unknown_persona
 from kizuna.personas.schema import PersonaProfile
 from kizuna.sampler.pool import candidates
@@ -157,19 +158,30 @@ def _pair(pick: LabellingPick, teacher: Teacher) -> StyledPair:
     )
 
 
+@dataclass(frozen=True)
+class Checks:
+    """What a relabelled pair must pass besides the cheap filters: content, and style
+    by the persona judge where one is given."""
+
+    content: ContentCheck
+    judge: PersonaClassifier | None = None
+
+
 def _finish(
     factory: sessionmaker[Session],
     run_id: int,
     config: RelabelConfig,
     teacher: Teacher,
     profiles: Mapping[str, PersonaProfile],
-    similarity: ContentSimilarity,
+    checks: Checks,
     quality: QualityConfig,
 ) -> tuple[int, QualityReport]:
     with factory() as session:
         picks = list(labelling.picks_of(session, run_id=run_id, outcome=PickOutcome.LABELLED))
     pairs = [_pair(pick, teacher) for pick in picks]
-    kept, reasons, report = filter_pairs(pairs, profiles, similarity=similarity, config=quality)
+    kept, reasons, report = filter_pairs(
+        pairs, profiles, content=checks.content, judge=checks.judge, config=quality
+    )
     with transaction(factory) as session:
         run = session.get_one(Run, run_id, with_for_update=True)
         if run.phase == RunPhase.SUCCEEDED:  # another process finished it meanwhile
@@ -212,7 +224,7 @@ def relabel(
     teacher: Teacher,
     profiles: Mapping[str, PersonaProfile],
     export_dir: Path,
-    similarity: ContentSimilarity | None = None,
+    checks: Checks | None = None,
     quality: QualityConfig | None = None,
     on_progress: Progress | None = None,
 ) -> RelabelResult:
@@ -239,7 +251,7 @@ def relabel(
         config,
         teacher,
         profiles,
-        similarity or ContentSimilarity(),
+        checks or Checks(ContentCheck()),
         quality or QualityConfig(),
     )
     path = export_dir / f"{config.dataset_name}-v{version}.jsonl"

@@ -1,12 +1,14 @@
 """Evaluating a candidate adapter against the stable one on held-out inputs.
 
-Every variant answers the same held-out neutral sentences (the corpus's test split, so
-no training input is among them) through the serving engine: the candidate and the
-stable adapter at each strength in one mixed batch, the int8 variant on an int8 engine,
-and the rules teacher as the reference for diversity. Each variant's outputs are scored
-for style (the persona classifier), content (MiniLM cosine / chrF against the input),
-diversity (distinct-1/2) and fluency (perplexity under the base model); latency is
-timed on single short transforms, as a user would send them.
+Every variant answers the same held-out neutral inputs (the authored corpus's test
+split in both languages, so no training input is among them) through the serving
+engine: the candidate and the stable adapter at each strength in one mixed batch, the
+int8 variant on an int8 engine, and the rules teacher as the reference for diversity.
+Each variant's outputs are scored for style (the persona judge), content (facts kept
+and meaning close, see
+:mod:`kizuna.datasets.content`), loops, prompt leakage, length ratio, diversity
+(distinct-1/2) and fluency (perplexity under the base model), overall and per
+language; latency is timed on single short transforms, as a user would send them.
 """
 
 from __future__ import annotations
@@ -16,17 +18,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from kizuna.datasets.corpus import CORPUS_STRENGTHS, neutral_sentences
-from kizuna.datasets.pairs import split_of
-from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.datasets.content import ContentCheck
+from kizuna.datasets.corpus import CORPUS_STRENGTHS
+from kizuna.datasets.persona_corpus import LANGUAGES, heldout_texts
 from kizuna.evaluation.classifier import PersonaClassifier
 from kizuna.evaluation.fluency import perplexity
-from kizuna.evaluation.metrics import content_preservation, distinct_n, style_accuracy
+from kizuna.evaluation.metrics import (
+    content_preservation,
+    distinct_n,
+    leakage_rate,
+    length_ratio,
+    loop_rate,
+    style_accuracy,
+)
 from kizuna.model.engine import Engine, EngineRequest
 from kizuna.model.generation import Generation, SamplingParams
 from kizuna.model.prompts import prompt_ids, transform_messages
 from kizuna.personas.schema import PersonaProfile
-from kizuna.teacher.base import StyleRequest
+from kizuna.teacher.base import StyleRequest, language_of
 from kizuna.teacher.rules import RulesTeacher
 
 #: Engine adapter names the evaluation expects to be resident.
@@ -42,6 +51,9 @@ class VariantMetrics:
     style_accuracy: float
     style_probability: float
     content_preservation: float
+    loop_rate: float
+    leakage_rate: float
+    length_ratio: float
     distinct_1: float
     distinct_2: float
     perplexity: float | None  # None when every output was empty
@@ -78,6 +90,8 @@ class CandidateEvaluation:
     strength_curve: dict[str, dict[float, float]]
     #: variant -> strength -> style accuracy and content preservation at that strength.
     by_strength: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
+    #: variant -> language -> style, content, loops, leakage, length at the headline.
+    by_language: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
@@ -92,17 +106,18 @@ class CandidateEvaluation:
 
 
 def heldout_inputs(per_language: int) -> list[str]:
-    """The first test-split sentences of each language, interleaved en/zh."""
-    english = [s for s in neutral_sentences("en") if split_of(s) == "test"][:per_language]
-    chinese = [s for s in neutral_sentences("zh") if split_of(s) == "test"][:per_language]
+    """The first held-out authored inputs of each language, interleaved en/zh."""
+    english, chinese = (heldout_texts(language)[:per_language] for language in LANGUAGES)
     return [text for pair in zip(english, chinese, strict=True) for text in pair]
 
 
 def generate_transforms(
-    engine: Engine, rows: Sequence[tuple[str, str, float]], tokens: int
+    engine: Engine, rows: Sequence[tuple[str, str, float]], params: SamplingParams | int
 ) -> list[Generation]:
-    """Greedy transforms of (adapter, input, strength) rows, batched across adapters."""
-    params = SamplingParams(max_new_tokens=tokens, temperature=0.0)
+    """Transforms of (adapter, input, strength) rows, batched across adapters; an int is
+    greedy decoding of that many tokens at most."""
+    if isinstance(params, int):
+        params = SamplingParams(max_new_tokens=params, temperature=0.0)
     outputs: list[Generation] = []
     for start in range(0, len(rows), _BATCH):
         requests = [
@@ -140,10 +155,10 @@ def _latencies(engine: Engine, adapter: str, plan: EvaluationPlan) -> tuple[floa
 
 @dataclass(frozen=True)
 class Scorers:
-    """The models that score outputs: persona classifier and content similarity."""
+    """What scores outputs: the persona judge and the content check."""
 
     classifier: PersonaClassifier
-    similarity: ContentSimilarity
+    content: ContentCheck
 
 
 def evaluate_candidate(
@@ -183,18 +198,31 @@ def evaluate_candidate(
 
     stage("scoring style, content, diversity and fluency")
 
-    def style_and_content(texts: list[str]) -> dict[str, float]:
+    def style_and_content(texts: list[str], sources: list[str]) -> dict[str, float]:
         return {
             "style_accuracy": style_accuracy(scorers.classifier, texts, persona.id),
             "style_probability": statistics.mean(
                 scorers.classifier.persona_score(texts, persona.id)
             ),
-            "content_preservation": content_preservation(scorers.similarity, inputs, texts),
+            "content_preservation": content_preservation(scorers.content, sources, texts),
+            "loop_rate": loop_rate(texts),
+            "leakage_rate": leakage_rate(texts),
+            "length_ratio": length_ratio(sources, texts),
         }
+
+    def language_table(texts: list[str]) -> dict[str, dict[str, float]]:
+        table: dict[str, dict[str, float]] = {}
+        for language in LANGUAGES:
+            rows = [i for i, text in enumerate(inputs) if language_of(text) == language]
+            if rows:
+                table[language] = style_and_content(
+                    [texts[i] for i in rows], [inputs[i] for i in rows]
+                )
+        return table
 
     # Scored once per (adapter, strength); the headline row, the monotonicity curve and
     # the per-strength table all read from here.
-    scores = {key: style_and_content(texts) for key, texts in outputs.items()}
+    scores = {key: style_and_content(texts, inputs) for key, texts in outputs.items()}
     variants: dict[str, VariantMetrics] = {}
     for variant, texts in headline.items():
         latency: tuple[float | None, float | None] = (None, None)
@@ -203,7 +231,7 @@ def evaluate_candidate(
             latency = _latencies(engine, CANDIDATE, plan)
         elif variant == QUANTIZED and quantized_engine is not None:
             latency = _latencies(quantized_engine, CANDIDATE, plan)
-        basic = scores.get((variant, plan.strength)) or style_and_content(texts)
+        basic = scores.get((variant, plan.strength)) or style_and_content(texts, inputs)
         variants[variant] = VariantMetrics(
             **basic,
             distinct_1=distinct_n(texts, 1),
@@ -222,7 +250,7 @@ def evaluate_candidate(
     }
     samples = [
         {"input": text, **{variant: texts[i] for variant, texts in headline.items()}}
-        for i, text in enumerate(inputs[:8])
+        for i, text in enumerate(inputs[:12])
     ]
     return CandidateEvaluation(
         persona=persona.id,
@@ -231,5 +259,6 @@ def evaluate_candidate(
         variants=variants,
         strength_curve=curve,
         by_strength=by_strength,
+        by_language={variant: language_table(texts) for variant, texts in headline.items()},
         samples=samples,
     )

@@ -46,7 +46,20 @@ def check_gates(
             "content_preservation",
             candidate.content_preservation,
             thresholds.min_content_preservation,
-            "meaning kept: MiniLM cosine (en) / chrF (zh) between input and output",
+            "share of outputs that keep every number, name and negation and stay close "
+            "in meaning (MiniLM cosine en / chrF zh above the calibrated floor)",
+        ),
+        _at_most(
+            "loop_rate",
+            candidate.loop_rate,
+            thresholds.max_loop_rate,
+            "share of outputs that repeat a 4-gram three times or more",
+        ),
+        _at_most(
+            "leakage_rate",
+            candidate.leakage_rate,
+            thresholds.max_leakage_rate,
+            "share of outputs that echo the prompt's instruction",
         ),
         _at_least(
             "distinct2_vs_rules",

@@ -19,6 +19,13 @@ from matplotlib.figure import Figure
 
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 _METRICS = ("style_accuracy", "content_preservation", "distinct_2")
+_LANGUAGE_METRICS = (
+    "style_accuracy",
+    "content_preservation",
+    "loop_rate",
+    "leakage_rate",
+    "length_ratio",
+)
 
 
 def _png(figure: Figure) -> str:
@@ -77,6 +84,22 @@ def _number(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _judge_section(heldout: Mapping[str, Mapping[str, Any]]) -> str:
+    """The judge's held-out accuracy, wrapper rejection and confusion matrix per language."""
+    parts = []
+    for language, table in heldout.items():
+        confusion = table["confusion"]
+        classes = list(confusion)
+        rows = [[truth, *(str(confusion[truth][guess]) for guess in classes)] for truth in classes]
+        parts.append(
+            f"<h3>{html.escape(language)}: accuracy {table['accuracy']:.3f} over "
+            f"{table['texts']} texts; wrapped neutral inputs called neutral: "
+            f"{table['wrapped_neutral_rejected']:.3f}</h3>"
+            + _table(rows, ["true \\ predicted", *classes])
+        )
+    return "".join(parts)
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report as one HTML page with its plots inline."""
     evaluation = report["evaluation"]
@@ -97,6 +120,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         [name, strength, _number(m["style_accuracy"]), _number(m["content_preservation"])]
         for name, table in evaluation.get("by_strength", {}).items()
         for strength, m in table.items()
+    ]
+    language_rows = [
+        [name, language, *(_number(m[k]) for k in _LANGUAGE_METRICS)]
+        for name, table in evaluation.get("by_language", {}).items()
+        for language, m in table.items()
     ]
     sample_rows = [list(sample.values()) for sample in evaluation["samples"]]
     images = [_metric_bars(variants), _strength_curve(evaluation["strength_curve"])]
@@ -122,6 +150,10 @@ img {{ margin: 0 1em 1em 0; }}
 <p>Persona classifier held-out accuracy: {report["classifier_heldout_accuracy"]:.3f}</p>
 {_table(metric_rows, ["variant", *columns])}
 {"".join(f'<img alt="plot" src="data:image/png;base64,{image}">' for image in images)}
+<h2>By language (strength {evaluation["strength"]:g})</h2>
+{_table(language_rows, ["variant", "language", *_LANGUAGE_METRICS])}
+<h2>Persona judge on its held-out split</h2>
+{_judge_section(report.get("classifier_heldout", {}))}
 <h2>By strength</h2>
 {_table(strength_rows, ["variant", "strength", "style accuracy", "content preservation"])}
 <h2>Sizes (bytes)</h2>

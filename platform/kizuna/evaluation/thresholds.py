@@ -11,7 +11,15 @@ class GateThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_style_accuracy: float = Field(default=0.80, ge=0, le=1)
-    min_content_preservation: float = Field(default=0.90, ge=0, le=1)
+    min_content_preservation: float = Field(
+        default=0.85, ge=0, le=1, description="Share of outputs that keep facts and meaning."
+    )
+    max_loop_rate: float = Field(
+        default=0.02, ge=0, le=1, description="Share of outputs repeating a 4-gram 3+ times."
+    )
+    max_leakage_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of outputs echoing the prompt."
+    )
     min_distinct2_vs_rules: float = Field(
         default=1.3, ge=0, description="Candidate distinct-2 ÷ the rules teacher's."
     )

@@ -39,7 +39,7 @@ from kizuna.model.multi_lora import (
     read_peft_adapter,
 )
 from kizuna.model.quantize import quantize_base_int8, weight_bytes
-from kizuna.model.sampling import select_tokens
+from kizuna.model.sampling import discourage_repeats, select_tokens
 from kizuna.model.static_decode import StaticDecoder, next_token_logits
 
 
@@ -288,6 +288,7 @@ class Engine:
             too_early = [row for row, r in enumerate(requests) if step < r.params.min_new_tokens]
             if too_early:
                 logits[too_early, eos] = float("-inf")
+            discourage_repeats(logits, tokens, [r.params for r in requests])
             chosen = select_tokens(logits, [r.params for r in requests], generators)
             picked, row_entropy, row_margin = chosen.tolist(), entropy.tolist(), margin.tolist()
             for row, request in enumerate(requests):

@@ -27,6 +27,12 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    #: Never repeat an n-gram of the reply's own tokens (0: off). The prompt is exempt:
+    #: a rewrite must be free to copy its input. 4 was measured best with a mild
+    #: repetition penalty (``benchmarks/persona_quality.py``, decoding table).
+    no_repeat_ngram: int = 4
+    #: CTRL-style penalty on the logits of tokens the reply already holds (1: off).
+    repetition_penalty: float = 1.1
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -37,6 +43,10 @@ class SamplingParams:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            raise ValueError("no_repeat_ngram must be 0 (off) or at least 2")
+        if self.repetition_penalty < 1:
+            raise ValueError("repetition_penalty must be >= 1")
 
 
 @dataclass(frozen=True)

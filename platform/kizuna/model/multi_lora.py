@@ -39,7 +39,7 @@ from kizuna.model.quantize import load_lora_tensors
 
 # PEFT names a layer's factors "<module path>.lora_A.weight"; its module path starts
 # with "base_model.model." before the wrapped model's own path.
-_PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class MultiLoraLinear(nn.Module):
             if segment.all_rows:
                 output = output + delta
             else:
-                output = output.index_add(0, segment.rows, delta)
+                output = output.index_add(0, segment.rows, delta.to(output.dtype))
         return output
 
 
@@ -183,7 +183,7 @@ def read_peft_adapter(directory: Path) -> AdapterFactors:
     for key, a in tensors.items():
         if not key.endswith(".lora_A.weight"):
             continue
-        module = key.removesuffix(".lora_A.weight").removeprefix(_PEFT_PREFIX)
+        module = key.removesuffix(".lora_A.weight").removeprefix(PEFT_PREFIX)
         b = tensors[key.replace(".lora_A.", ".lora_B.")]
         factors[module] = (a, b * (alpha / rank))
     if not factors:

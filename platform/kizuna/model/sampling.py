@@ -22,6 +22,34 @@ def sample_top_p(
     return int(order[pick])
 
 
+def discourage_repeats(
+    logits: torch.Tensor, replies: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+) -> None:
+    """In place: each row's repetition penalty and banned n-gram continuations.
+
+    Only the reply's own tokens count (see :class:`SamplingParams`); a row whose reply
+    would complete an n-gram it already wrote cannot pick that token.
+    """
+    for row, (reply, row_params) in enumerate(zip(replies, params, strict=True)):
+        if not reply:
+            continue
+        if row_params.repetition_penalty > 1:
+            seen = torch.tensor(sorted(set(reply)), device=logits.device)
+            values = logits[row, seen]
+            penalty = row_params.repetition_penalty
+            logits[row, seen] = torch.where(values > 0, values / penalty, values * penalty)
+        n = row_params.no_repeat_ngram
+        if n and len(reply) >= n:
+            tail = tuple(reply[len(reply) - n + 1 :])
+            banned = [
+                reply[i + n - 1]
+                for i in range(len(reply) - n + 1)
+                if tuple(reply[i : i + n - 1]) == tail
+            ]
+            if banned:
+                logits[row, banned] = float("-inf")
+
+
 def select_tokens(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],

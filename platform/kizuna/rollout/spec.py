@@ -28,7 +28,7 @@ class Gates(WireModel):
         default=0.80, ge=0, le=1, description="Offline: persona classifier accuracy."
     )
     min_content_preservation: float = Field(
-        default=0.90, ge=0, le=1, description="Offline: meaning kept between input and output."
+        default=0.85, ge=0, le=1, description="Offline: share of outputs keeping facts and meaning."
     )
     max_latency_ms: float = Field(
         default=500.0, gt=0, description="p95 latency of a short transform, offline and live."

@@ -9,6 +9,7 @@ turns, then the input in the same form the student adapter is trained on.
 from __future__ import annotations
 
 from kizuna.model.prompts import TRANSFORM_INSTRUCTION, Message
+from kizuna.personas.schema import Example
 from kizuna.teacher.base import StyleRequest
 
 DEFAULT_SHOTS = 4
@@ -34,10 +35,16 @@ def persona_system_prompt(request: StyleRequest) -> str:
     )
 
 
-def persona_messages(request: StyleRequest, *, shots: int = DEFAULT_SHOTS) -> list[Message]:
-    """System prompt, ``shots`` example turns, then the request."""
-    examples = request.persona.example_pairs(request.language)
-    examples.sort(key=lambda example: example.intensity != request.intensity)  # stable
+def persona_messages(
+    request: StyleRequest, *, shots: int = DEFAULT_SHOTS, examples: list[Example] | None = None
+) -> list[Message]:
+    """System prompt, ``shots`` example turns, then the request.
+
+    The examples are the profile's own (the requested intensity first) unless given.
+    """
+    if examples is None:
+        examples = request.persona.example_pairs(request.language)
+        examples.sort(key=lambda example: example.intensity != request.intensity)  # stable
     messages: list[Message] = [{"role": "system", "content": persona_system_prompt(request)}]
     for example in examples[:shots]:
         messages.append({"role": "user", "content": f"{TRANSFORM_INSTRUCTION}\n{example.input}"})

@@ -15,6 +15,7 @@ DEFAULT_TEACHER = "rules"
 
 _BUILDERS = {
     "rules": "kizuna.teacher.rules",
+    "corpus": "kizuna.teacher.corpus",
     "prompted": "kizuna.teacher.prompted",
     "openai": "kizuna.teacher.openai_compatible",
     "hf": "kizuna.teacher.hf",

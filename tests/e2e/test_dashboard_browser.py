@@ -34,7 +34,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STRICT_GATES = {"gates": {"tsundere": {"max_latency_ms_cpu": 0.001}}}
 JOB_SETTINGS = """batch_size: 4
 checkpoint_every: 2
-evaluation: {per_language: 2, max_new_tokens: 6, latency_samples: 2, classifier_sentences: 20}
+evaluation: {per_language: 2, max_new_tokens: 6, latency_samples: 2}
 """
 
 

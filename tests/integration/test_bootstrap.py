@@ -42,10 +42,12 @@ def test_bootstrap_registers_a_stable_v1_per_persona_and_is_idempotent(settings:
         ("tsundere", 1, True),
         ("cool", 1, True),
     }
-    assert ("Training adapter: tsundere", 3) in progress.stages and progress.steps == 6
+    # One shared pass trains both: three steps, not three per persona.
+    assert ("Training 2 adapter(s) together", 3) in progress.stages and progress.steps == 3
     with _sessions(settings)() as session:
         stable = adapters.stable_adapter(session, persona="tsundere")
         assert stable.lineage["source"] == "bootstrap"
+        assert stable.lineage["trained_with"] == ["cool", "tsundere"]
         assert stable.lineage["base_model"] == settings.base_model
         assert stable.metrics["train_loss_final"] > 0
         run = list_runs(session, kind=RunKind.BOOTSTRAP)[0]

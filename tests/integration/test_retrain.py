@@ -35,7 +35,6 @@ SMALL_EVALUATION = {
     "per_language": 2,
     "max_new_tokens": 6,
     "latency_samples": 2,
-    "classifier_sentences": 20,
 }
 
 

@@ -36,7 +36,7 @@ from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
 from kizuna.datasets.corpus import neutral_sentences
 from kizuna.datasets.pairs import split_of
-from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.datasets.content import ContentCheck
 from kizuna.evaluation.candidate import generate_transforms
 from kizuna.evaluation.classifier import PersonaClassifier, training_texts
 from kizuna.evaluation.metrics import content_preservation, style_accuracy
@@ -152,9 +152,9 @@ def main() -> None:
             engine.load_adapter(arm, directory)
 
         console.print("training the persona classifier…")
-        train, _ = training_texts(profiles, sentences_per_language=400)
+        train, _ = training_texts(profiles)
         classifier = PersonaClassifier.train(train)
-        similarity = ContentSimilarity()
+        content = ContentCheck()
         scores: dict[str, Scores] = {}
         for arm in ["stable", *arms]:
             console.print(f"evaluating {arm} on {len(hard)} hard inputs…")
@@ -164,7 +164,7 @@ def main() -> None:
                 style_probability=statistics.mean(
                     classifier.persona_score(outputs, options.persona)
                 ),
-                content=content_preservation(similarity, hard, outputs),
+                content=content_preservation(content, hard, outputs),
             )
 
     random_arms = [arm for arm in arms if arm.startswith("random")]

@@ -41,10 +41,12 @@ from kizuna.evaluation.metrics import (
 from kizuna.model.engine import Engine, build_engine
 from kizuna.model.generation import SamplingParams
 from kizuna.personas import load_profiles
+from kizuna.personas.schema import Language
 from kizuna.store import adapters as adapter_store
 from kizuna.store.db import open_store, transaction
+from kizuna.teacher.base import language_of
 
-Cell = tuple[str, str, float]  # persona, language, strength
+Cell = tuple[str, Language, float]  # persona, language, strength
 
 
 def _load_stable_adapters(settings: Settings, personas: Sequence[str]) -> Engine:
@@ -93,8 +95,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
     outputs: dict[Cell, list[str]] = {}
     for (persona, text, strength), out in zip(rows, texts, strict=True):
-        language = "zh" if text in inputs["zh"] else "en"
-        outputs.setdefault((persona, language, strength), []).append(out)
+        outputs.setdefault((persona, language_of(text), strength), []).append(out)
 
     table = Table(
         title=f"persona quality on held-out inputs ({options.per_language} per language, "
@@ -106,26 +107,26 @@ def main() -> None:
     for column in ("persona", "lang", "s", "style", "content", "loops", "leak", "distinct-2"):
         table.add_column(column, justify="left" if column in ("persona", "lang") else "right")
     for persona, language, strength in cells:
-        out = outputs[(persona, language, strength)]
-        style = style_accuracy(judge.classifier, out, persona)
-        kept = content_preservation(content, inputs[language], out)
+        written = outputs[(persona, language, strength)]
+        style = style_accuracy(judge.classifier, written, persona)
+        kept = content_preservation(content, inputs[language], written)
         table.add_row(
             persona,
             language,
             f"{strength:g}",
             f"{style:.2f}",
             f"{kept:.2f}",
-            f"{loop_rate(out):.2f}",
-            f"{leakage_rate(out):.2f}",
-            f"{distinct_n(out, 2):.2f}",
+            f"{loop_rate(written):.2f}",
+            f"{leakage_rate(written):.2f}",
+            f"{distinct_n(written, 2):.2f}",
         )
         if strength == 1.0:
             record("persona_quality", f"{persona} {language} style at s=1", style, "goal 0.80")
     console.print(table)
     for persona in personas:
         for language in LANGUAGES:
-            written = outputs[(persona, language, 1.0)]
-            for source, out in list(zip(inputs[language], written, strict=True))[:3]:
+            full = outputs[(persona, language, 1.0)]
+            for source, out in list(zip(inputs[language], full, strict=True))[:3]:
                 console.print(f"[dim]{persona} {language}[/dim] {source}\n    → {out}")
 
 

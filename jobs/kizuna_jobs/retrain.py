@@ -48,6 +48,7 @@ from torch import nn
 
 from kizuna.artifacts import PublishedArtifact, fetch_directory
 from kizuna.config import Settings
+from kizuna.datasets.persona_corpus import AUTHORED_DATASET
 from kizuna.model.distill import DistillationWeights, distillation_loss
 from kizuna.model.finetune import (
     IGNORE_INDEX,
@@ -126,7 +127,7 @@ class RetrainConfig(BaseModel):
     datasets: list[str] = Field(
         default_factory=list,
         description="'name' (newest version) or 'name@version'; default: relabel-<persona>, "
-        "relabel-all and parallel-rules, those that exist.",
+        "relabel-all and authored (the authored corpus, replayed), those that exist.",
     )
     teacher: str | None = Field(
         default=None,
@@ -228,7 +229,7 @@ def _datasets(config: RetrainConfig, session: Session) -> list[Dataset]:
             except LookupError as exc:
                 raise UserError(str(exc)) from exc
         return chosen
-    defaults = [f"relabel-{config.persona}", "relabel-all", "parallel-rules"]
+    defaults = [f"relabel-{config.persona}", "relabel-all", AUTHORED_DATASET]
     found: list[Dataset] = []
     for name in defaults:
         try:
@@ -238,7 +239,7 @@ def _datasets(config: RetrainConfig, session: Session) -> list[Dataset]:
     if not found:
         raise UserError(
             f"no training data for {config.persona!r}: none of {', '.join(defaults)} exists; "
-            "run `kizuna relabel` or `kizuna corpus build` first"
+            "run `kizuna bootstrap` or `kizuna relabel` first"
         )
     return found
 

@@ -21,7 +21,7 @@ from kizuna import __version__
 from kizuna.artifacts import publish_directory
 from kizuna.config import EMBEDDED_BASE_MODEL, Settings
 from kizuna.datasets.pairs import split_of
-from kizuna.datasets.persona_corpus import authored_rewrites
+from kizuna.datasets.persona_corpus import authored_rewrites, store_authored_corpus
 from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
 from kizuna.model.embedded import build_embedded_model
 from kizuna.model.finetune import FinetuneArgs, Pair
@@ -115,6 +115,8 @@ def bootstrap(
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     sessions = session_factory(engine)
+    with transaction(sessions) as session:
+        store_authored_corpus(session)
 
     profiles = load_profiles(settings.resolved_personas_dir)
     wanted = list(personas) if personas else sorted(profiles)

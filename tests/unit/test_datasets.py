@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from kizuna.datasets.build import build_parallel_corpus
+from kizuna.datasets.content import ContentCheck
 from kizuna.datasets.corpus import CORPUS_STRENGTHS, DATA_DIR, neutral_sentences, parallel_pairs
 from kizuna.datasets.pairs import StyledPair, split_of
 from kizuna.datasets.quality import REASONS, QualityConfig, filter_pairs
-from kizuna.datasets.content import ContentCheck
 from kizuna.evaluation.classifier import PersonaClassifier, training_texts
 from kizuna.personas import load_profiles
 from kizuna.sampler.diversity import near_duplicates

@@ -11,6 +11,7 @@ all its rewrites are on one side. See ``data/persona_corpus/README.md`` for prov
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from kizuna.datasets.pairs import split_of
 from kizuna.personas.schema import INTENSITY_STRENGTH, Intensity, Language
+from kizuna.store import datasets as dataset_store
+from kizuna.store.datasets import RowRecord
 
 CORPUS_DIR = Path(__file__).parent / "data" / "persona_corpus"
 LANGUAGES: tuple[Language, ...] = ("en", "zh")
@@ -130,3 +134,37 @@ def authored_rewrites(
 def heldout_texts(language: Language) -> list[str]:
     """The test-split inputs of one language, in file order: never trained on."""
     return [row.text for row in authored_inputs(language) if split_of(row.text) == "test"]
+
+
+#: The dataset that holds the authored corpus, so retrains can replay it beside new data.
+AUTHORED_DATASET = "authored"
+
+
+def store_authored_corpus(session: Session) -> None:
+    """The authored corpus as a version of :data:`AUTHORED_DATASET`, when it changed."""
+    rewrites = authored_rewrites()
+    digest = hashlib.sha256(
+        "\n".join(f"{r.persona}\t{r.input}\t{r.target}\t{r.intensity}" for r in rewrites).encode()
+    ).hexdigest()
+    try:
+        if (
+            dataset_store.get_dataset(session, name=AUTHORED_DATASET).provenance.get("sha256")
+            == digest
+        ):
+            return
+    except LookupError:
+        pass
+    dataset_store.create_dataset_version(
+        session,
+        name=AUTHORED_DATASET,
+        rows=[
+            RowRecord(
+                input=r.input,
+                target=r.target,
+                metadata={"personality": r.persona, "strength": r.strength},
+                split=r.split,
+            )
+            for r in rewrites
+        ],
+        provenance={"source": "kizuna.datasets.persona_corpus", "sha256": digest},
+    )

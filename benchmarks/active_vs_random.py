@@ -34,9 +34,9 @@ from rich.table import Table
 from common.summary import record
 from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
+from kizuna.datasets.content import ContentCheck
 from kizuna.datasets.corpus import neutral_sentences
 from kizuna.datasets.pairs import split_of
-from kizuna.datasets.content import ContentCheck
 from kizuna.evaluation.candidate import generate_transforms
 from kizuna.evaluation.classifier import PersonaClassifier, training_texts
 from kizuna.evaluation.metrics import content_preservation, style_accuracy

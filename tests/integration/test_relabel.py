@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from chat_endpoint import ChatHandler
-from kizuna.datasets.relabel import RelabelConfig, relabel
-from kizuna.datasets.similarity import ContentSimilarity
+from kizuna.datasets.content import ContentCheck
+from kizuna.datasets.relabel import Checks, RelabelConfig, relabel
 from kizuna.personas import load_profiles
 from kizuna.store import labelling, runs
 from kizuna.store.datasets import dataset_rows, get_dataset
@@ -38,8 +38,9 @@ TOPICS = [
 
 
 @pytest.fixture(scope="module")
-def similarity() -> ContentSimilarity:
-    return ContentSimilarity()
+def checks() -> Checks:
+    # No judge: these tests are about the run's bookkeeping, with the rules teacher.
+    return Checks(ContentCheck())
 
 
 def _traffic(sessions: sessionmaker[Session]) -> None:
@@ -81,7 +82,7 @@ class FlakyTeacher:
 
 
 def test_a_run_writes_a_traceable_dataset_version(
-    sessions: sessionmaker[Session], tmp_path: Path, similarity: ContentSimilarity
+    sessions: sessionmaker[Session], tmp_path: Path, checks: Checks
 ) -> None:
     _traffic(sessions)
     config = RelabelConfig(budget=5, teacher="rules", persona="tsundere")
@@ -93,7 +94,7 @@ def test_a_run_writes_a_traceable_dataset_version(
             teacher=RulesTeacher(),
             profiles=PROFILES,
             export_dir=tmp_path,
-            similarity=similarity,
+            checks=checks,
         )
 
     result = run_once()
@@ -132,11 +133,11 @@ def test_a_run_writes_a_traceable_dataset_version(
 
 
 def test_an_interrupted_run_resumes_without_losing_or_repeating_anything(
-    sessions: sessionmaker[Session], tmp_path: Path, similarity: ContentSimilarity
+    sessions: sessionmaker[Session], tmp_path: Path, checks: Checks
 ) -> None:
     _traffic(sessions)
     config = RelabelConfig(budget=20, teacher="rules")
-    kwargs = dict(profiles=PROFILES, export_dir=tmp_path, similarity=similarity)
+    kwargs = dict(profiles=PROFILES, export_dir=tmp_path, checks=checks)
     with pytest.raises(TeacherUnavailableError):
         relabel(sessions, config, teacher=FlakyTeacher(answers=1), **kwargs)
     with sessions() as session:
@@ -179,7 +180,9 @@ class _SlowTeacherEndpoint(ChatHandler):
         type(self).calls += 1
         time.sleep(0.05)
         text = body["messages"][-1]["content"].split("\n", 1)[1]
-        return 200, f"Hmph. {text} Don't get the wrong idea!"
+        # In the voice, not stock phrases glued on: `kizuna relabel` keeps only what the
+        # persona judge finds in the persona (the cool rows may be dropped as off style).
+        return 200, f"{text} I-it's not like I did it for you, idiot! I just happened to be free."
 
 
 def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path: Path) -> None:

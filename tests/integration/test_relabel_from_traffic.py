@@ -139,8 +139,10 @@ def test_traffic_becomes_dataset_versions_with_each_teacher(server: dict) -> Non
                 row.source_interaction_id for row in rows
             ]
             if teacher == "rules":
-                assert len(rows) >= 4  # rules targets keep the input and carry markers
-                assert all(row.input.split(" (")[0] in row.target for row in rows)
+                # Rules targets are the input with stock phrases glued on: they keep the
+                # content, and the persona judge finds no persona in them.
+                dropped = dataset.provenance["quality"]["dropped"]
+                assert not rows and dropped["content_lost"] == 0 and dropped["off_style"] >= 4
 
         # The openai teacher's answers came from this server's own chat endpoint: each
         # target is the output of a (non-consented) chat interaction the server logged.

@@ -22,8 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
-from kizuna.datasets.build import build_parallel_corpus
-from kizuna.personas import load_profiles
 from kizuna.store.adapters import get_adapter
 from kizuna.store.db import open_store
 from kizuna.store.models import AdapterStatus, Run, RunKind, RunPhase
@@ -39,16 +37,9 @@ SMALL_EVALUATION = {
 
 
 @pytest.fixture
-def installed(bootstrapped: Settings, tmp_path: Path) -> Settings:
-    """A store with a stable tsundere adapter and a small rules corpus."""
-    settings = bootstrapped
-    build_parallel_corpus(
-        {"tsundere": load_profiles()["tsundere"]},
-        path=tmp_path / "corpus.jsonl",
-        limit=16,
-        factory=open_store(settings.resolved_database_url),
-    )
-    return settings
+def installed(bootstrapped: Settings) -> Settings:
+    """A store with a stable tsundere adapter and the authored corpus (bootstrap stores it)."""
+    return bootstrapped
 
 
 @pytest.fixture
@@ -116,8 +107,8 @@ def test_kizuna_retrain_runs_zero2_and_registers_a_candidate_with_its_report(
     assert lineage["trainer"]["strategy"] == "deepspeed"
     assert lineage["trainer"]["zero_stage"] == 2 and lineage["trainer"]["workers"] == 2
     assert lineage["warm_start"] == {"source": "stable", "version": 1, "sha256": stable.sha256}
-    assert lineage["datasets"][0]["name"] == "parallel-rules"
-    assert lineage["teacher"]["logits"] is None  # rules targets: sequence-level KD
+    assert lineage["datasets"][0]["name"] == "authored"  # the default when nothing is relabelled
+    assert lineage["teacher"]["logits"] is None  # authored targets: sequence-level KD
     assert lineage["base_model"] == installed.base_model and lineage["code_version"]
     assert set(metrics) >= {"style_accuracy", "content_preservation", "gates_passed", "report"}
 

@@ -3,10 +3,12 @@
 A linear model (scikit-learn logistic regression) over hashed character 1–5-grams plus
 word (and, in Chinese, single-character) unigrams and bigrams, so it reads Chinese and
 English alike with no tokenizer and no vocabulary to store. Chosen by held-out accuracy
-on the authored corpus (``benchmarks/persona_quality.py`` prints it): char 1–3 alone
-0.74 en / 0.83 zh with 0.63 of wrapped neutral inputs rejected; char 1–5 plus words
-0.76 / 0.80 rejecting 1.00 / 0.90. It learns
-the personas from the authored corpus only (:mod:`kizuna.datasets.persona_corpus`:
+on the authored corpus while it was being written (four personas: char 1–3-grams alone
+0.74 en / 0.83 zh, calling 0.63 / 0.98 of wrapped neutral inputs neutral; char 1–5 plus
+words 0.76 / 0.80, 1.00 / 0.90 on five); on all six: 0.77 / 0.78 over seven classes,
+0.98 / 0.98 of wrapped inputs neutral (``benchmarks/persona_quality.py`` prints it).
+
+It learns the personas from the authored corpus only (:mod:`kizuna.datasets.persona_corpus`:
 hand-written rewrites, never the output of a teacher it will score) plus the profiles'
 hand-written examples, and the neutral inputs as a class of their own, so an output
 that kept no personality is ``neutral`` rather than the nearest persona.

@@ -40,12 +40,11 @@ def _rows(persona: str, n: int, *, split: str = "train", strength: float = 0.6) 
 
 
 def _dataset(
-    sessions: sessionmaker[Session], name: str, rows: list[RowRecord], teacher: str
+    sessions: sessionmaker[Session], name: str, rows: list[RowRecord], teacher: str | None
 ) -> None:
+    provenance = {"teacher": {"name": teacher}} if teacher else {}
     with transaction(sessions) as session:
-        create_dataset_version(
-            session, name=name, rows=rows, provenance={"teacher": {"name": teacher}}
-        )
+        create_dataset_version(session, name=name, rows=rows, provenance=provenance)
 
 
 def test_config_file_errors_name_the_file_and_the_field(tmp_path: Path) -> None:
@@ -78,10 +77,11 @@ def test_default_data_is_the_personas_relabelled_rows_then_the_corpus(
     _dataset(sessions, "relabel-tsundere", _rows("tsundere", 3), "openai")
     _dataset(
         sessions,
-        "parallel-rules",
+        "authored",
         _rows("tsundere", 10) + _rows("cool", 10) + _rows("tsundere", 5, split="test"),
-        "rules",
+        None,
     )
+    _dataset(sessions, "parallel-rules", _rows("tsundere", 10), "rules")  # not a default
     config = RetrainConfig(persona="tsundere", max_rows=8)
     with sessions() as session:
         pairs, uses = training_rows(session, config)
@@ -90,12 +90,12 @@ def test_default_data_is_the_personas_relabelled_rows_then_the_corpus(
     assert all(p.strength == 0.6 for p in pairs)
     assert uses == [
         DatasetUse("relabel-tsundere", 1, 3, "openai"),
-        DatasetUse("parallel-rules", 1, 5, "rules"),
+        DatasetUse("authored", 1, 5, None),
     ]
 
 
 def test_named_versions_and_missing_data_are_clear(sessions: sessionmaker[Session]) -> None:
-    with sessions() as session, pytest.raises(UserError, match="kizuna corpus build"):
+    with sessions() as session, pytest.raises(UserError, match="kizuna bootstrap"):
         training_rows(session, RetrainConfig(persona="tsundere"))
     _dataset(sessions, "parallel-rules", _rows("cool", 4), "rules")
     _dataset(sessions, "parallel-rules", _rows("tsundere", 4), "rules")

@@ -792,9 +792,9 @@ def demo(
     loop = DemoLoop(config, options, err)
     err.print(
         f"[bold]Kizuna demo[/bold] — data dir {config.data_dir}, logs in {loop.board.log_dir}\n"
-        f"Offline gates are the design's goals and are reported; the canary goes ahead even "
-        f"where they fail (a small model, minutes of CPU training). Live gates decide, with "
-        f"p95 ≤ {DEMO_GATES.max_latency_ms_cpu / 1000:g} s on these shared cores."
+        f"The offline gates are the design's goals (latency aside: p50 ≤ "
+        f"{DEMO_GATES.max_latency_ms_cpu / 1000:g} s on these shared cores); a candidate "
+        f"that misses one is not rolled out. Then the live gates decide canary → stable."
     )
     try:
         outcome = loop.run()

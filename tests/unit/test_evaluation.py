@@ -149,6 +149,14 @@ def test_content_check_passes_persona_rewrites_and_fails_changed_facts() -> None
     assert [v.kept for v in verdicts] == [False, False, False]
     assert "number 8:15 missing" in verdicts[0].lost and "name 王磊 missing" in verdicts[1].lost
     assert any(item.startswith("negation dropped") for item in verdicts[2].lost)
+    # A denial beside the statement is the persona; negating the statement is not.
+    denial, flip = check.verdicts(
+        [
+            ("He was equal to the task.", "He was equal to the task. Not that I care, idiot."),
+            ("He was equal to the task.", "He wasn't equal to the task, idiot."),
+        ]
+    )
+    assert denial.kept and flip.lost == ["negation added to 'was equal'"]
     off_topic = ["I like cats.", "我喜欢猫。"]
     assert content_preservation(check, inputs, in_persona) == 1.0
     assert content_preservation(check, inputs, off_topic) == 0.0

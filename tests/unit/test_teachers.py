@@ -12,18 +12,22 @@ from pydantic import SecretStr
 
 from chat_endpoint import ChatHandler
 from kizuna.config import Settings
+from kizuna.datasets.content import ContentCheck
+from kizuna.datasets.persona_corpus import authored_rewrites
+from kizuna.evaluation.classifier import PersonaClassifier, training_texts
 from kizuna.model.base import load_base_model, load_tokenizer
 from kizuna.model.engine import Engine
 from kizuna.model.prompts import prompt_ids, reply_ids
 from kizuna.personas import load_profiles
 from kizuna.teacher import openai_compatible
 from kizuna.teacher.base import LogitTeacher, StyleRequest, Teacher, TeacherUnavailableError
+from kizuna.teacher.corpus import CorpusTeacher, Sampling
 from kizuna.teacher.openai_compatible import OpenAICompatibleTeacher, RateLimiter
 from kizuna.teacher.persona_prompt import persona_messages
 from kizuna.teacher.prompted import PromptedTeacher
 from kizuna.teacher.registry import build_teacher, teacher_names
 from kizuna.teacher.rules import RulesTeacher
-from support import free_port
+from support import free_port, random_adapter
 
 PROFILES = load_profiles()
 
@@ -250,3 +254,43 @@ def test_prompted_logits_line_up_with_the_students_labelled_positions(
     loss = distillation_loss(logits, labels, teacher_logits, DistillationWeights())
     loss.backward()
     assert torch.isfinite(loss)
+
+
+class TestCorpus:
+    @pytest.fixture(scope="class")
+    def teacher(self, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+        engine = Engine(
+            load_base_model(str(tiny_model_dir), device=torch.device("cpu")),
+            load_tokenizer(str(tiny_model_dir)),
+            max_adapters=1,
+            max_rank=4,
+        )
+        adapter = random_adapter(tiny_model_dir, tmp_path_factory.mktemp("a") / "t", seed=1, rank=4)
+        engine.load_adapter("tsundere@1", adapter)
+        judge = PersonaClassifier.train(training_texts(PROFILES)[0])
+        return CorpusTeacher(
+            engine,
+            judge,
+            ContentCheck(),
+            adapters={"tsundere": "tsundere@1"},
+            sampling=Sampling(adapter_samples=1, max_new_tokens=6),
+        )
+
+    def test_a_train_input_gets_its_authored_rewrite_and_a_held_out_one_never(
+        self, teacher
+    ) -> None:
+        train = authored_rewrites(["tsundere"], split="train")[0]
+        held_out = authored_rewrites(["tsundere"], split="test")[0]
+        targets = teacher.relabel(
+            [_request(train.input, strength=1.0), _request(held_out.input, strength=1.0)]
+        )
+        assert targets[0] == train.target
+        assert targets[1] != held_out.target  # generated: a held-out rewrite is never taught
+        assert teacher.version.startswith("corpus-1:samples=1:tsundere=tsundere@1")
+
+    def test_the_best_candidate_keeps_the_content_before_it_is_most_in_voice(self, teacher) -> None:
+        request = _request("The train leaves at 8:15, so don't be late.", strength=1.0)
+        changed = "Hmph, the train leaves at 9:15, idiot! It's not like I care if you're late!"
+        kept = "The train leaves at 8:15, so don't be late. Not that I care, idiot."
+        flat = "The train leaves at 8:15, so don't be late."
+        assert teacher.best(request, [changed, flat, kept]) == kept

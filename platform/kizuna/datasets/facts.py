@@ -11,7 +11,9 @@ tsundere's added "it's not like…") are not facts, so adding them is never a lo
   Chinese person names from jieba's part-of-speech tags (``nr``), plus Latin names in
   Chinese text;
 - negations: the rewrite has at least as many negations as the input (a persona may
-  add a denial; it may not drop one).
+  add a denial; it may not drop one), and in English no auxiliary the input states
+  plainly is negated before the same word in the rewrite ("was equal" → "wasn't
+  equal"): that flips the statement rather than adding a denial beside it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ _NEGATION_EN = re.compile(
     r"\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|cannot)\b|n't\b", re.IGNORECASE
 )
 _NEGATION_ZH = re.compile(r"[不没别未无非勿甭]")
+_AUXILIARIES = (
+    "is|are|was|were|am|do|does|did|have|has|had|can|could|will|would|should|must|may|might"
+)
+# An auxiliary with the word after it ("was equal"), plain or negated ("wasn't equal").
+_PLAIN_AUXILIARY = re.compile(rf"\b({_AUXILIARIES})\s+(?!not\b)(\w+)", re.IGNORECASE)
+_NEGATED_AUXILIARY = re.compile(rf"\b({_AUXILIARIES})(?:n't|\s+not)\s+(\w+)", re.IGNORECASE)
 # Capitalised words that are not names wherever they stand.
 _NOT_NAMES = frozenset({"I", "I'm", "I'll", "I've", "I'd", "OK", "Okay"})
 
@@ -93,4 +101,16 @@ def lost_facts(source: str, rewrite: str) -> list[str]:
     )
     if negations < before.negations:
         problems.append(f"negation dropped ({before.negations} → {negations})")
+    if language_of(source) == "en":
+        problems += [f"negation added to '{a} {w}'" for a, w in _flipped(source, rewrite)]
     return problems
+
+
+def _pairs(pattern: re.Pattern[str], text: str) -> set[tuple[str, str]]:
+    return {(aux.lower(), word.lower()) for aux, word in pattern.findall(text)}
+
+
+def _flipped(source: str, rewrite: str) -> list[tuple[str, str]]:
+    """Auxiliaries the input states plainly that the rewrite negates, same next word."""
+    plain = _pairs(_PLAIN_AUXILIARY, source) - _pairs(_NEGATED_AUXILIARY, source)
+    return sorted(_pairs(_NEGATED_AUXILIARY, rewrite) & plain)

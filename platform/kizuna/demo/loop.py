@@ -70,7 +70,7 @@ class DemoOptions:
     #: ~5M coordinates); these keep the federated adapter usable and say what ε it costs.
     noise_multiplier: float = 0.5
     clipping_norm: float = 0.01
-    retrain_steps: int = 16
+    retrain_steps: int = 8
     canary_steps: str = "0.25,0.5"
     canary_min_requests: int = 6
     server_timeout_s: float = 600.0

@@ -37,6 +37,9 @@ from kizuna.store.models import AdapterStatus
 from kizuna.teacher.base import StyleRequest
 from kizuna.teacher.persona_prompt import persona_messages
 
+#: Requests whose candidates share one engine batch (3 x 5 = 15 rows).
+REQUESTS_PER_BATCH = 3
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -73,20 +76,32 @@ class CorpusTeacher:
     def version(self) -> str:
         """The candidate recipe and the adapters it sampled from."""
         adapters = ",".join(f"{p}={a}" for p, a in sorted(self._adapters.items()))
-        return f"corpus-1:n={self._candidate_count()}:{adapters}"
-
-    def _candidate_count(self) -> int:
-        return 2 + self._sampling.adapter_samples
+        return f"corpus-1:samples={self._sampling.adapter_samples}:{adapters}"
 
     def relabel(self, requests: Sequence[StyleRequest]) -> list[str]:
-        """One target per request (see the module docstring)."""
-        return [self._target(request) for request in requests]
+        """One target per request (see the module docstring).
 
-    def _target(self, request: StyleRequest) -> str:
-        authored = self._authored.get((request.persona.id, request.text))
-        if authored is not None:
-            return authored.target
-        candidates = self._candidates(request)
+        The candidates of several requests share one batch of the engine.
+        """
+        targets: dict[int, str] = {}
+        pending = []
+        for index, request in enumerate(requests):
+            authored = self._authored.get((request.persona.id, request.text))
+            if authored is not None:
+                targets[index] = authored.target
+            else:
+                pending.append(index)
+        for start in range(0, len(pending), REQUESTS_PER_BATCH):
+            chunk = pending[start : start + REQUESTS_PER_BATCH]
+            rows = [self._candidate_rows(requests[index]) for index in chunk]
+            texts = iter(g.text for g in self._engine.generate([r for rs in rows for r in rs]))
+            for index, own in zip(chunk, rows, strict=True):
+                targets[index] = self.best(requests[index], [next(texts) for _ in own])
+        return [targets[index] for index in range(len(requests))]
+
+    def best(self, request: StyleRequest, candidates: list[str]) -> str:
+        """The most persona-like candidate that keeps the content (else the most
+        persona-like)."""
         scores = self._judge.persona_score(candidates, request.persona.id)
         verdicts = self._content.verdicts([(request.text, c) for c in candidates])
         ranked = sorted(
@@ -94,7 +109,7 @@ class CorpusTeacher:
         )
         return candidates[ranked[0]]
 
-    def _candidates(self, request: StyleRequest) -> list[str]:
+    def _candidate_rows(self, request: StyleRequest) -> list[EngineRequest]:
         sampling = self._sampling
         greedy = SamplingParams(max_new_tokens=sampling.max_new_tokens)
         rows = [
@@ -123,7 +138,7 @@ class CorpusTeacher:
                 )
                 for seed in range(sampling.adapter_samples)
             ]
-        return [g.text for g in self._engine.generate(rows)]
+        return rows
 
     def _nearest(self, request: StyleRequest) -> list[Example]:
         """The persona's authored examples in the input's language most like the input."""

@@ -774,7 +774,7 @@ def dashboard(
 def demo(
     persona: Persona = "tsundere",
     requests: Annotated[int, typer.Option(min=8, help="Requests of the traffic stage.")] = 64,
-    retrain_steps: Annotated[int, typer.Option(min=1, help="The retrain's optimiser steps.")] = 8,
+    retrain_steps: Annotated[int, typer.Option(min=1, help="The retrain's optimiser steps.")] = 16,
 ) -> None:
     """Run the whole loop here, stage by stage, and show the adapter before and after.
 

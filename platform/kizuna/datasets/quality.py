@@ -131,10 +131,14 @@ def filter_pairs(
         if not verdict.kept:
             reasons[index] = "content_lost"
     if judge is not None:
-        for index in [i for i in survivors if i not in reasons]:
-            (score,) = judge.persona_score([pairs[index].target], pairs[index].persona)
-            if score < config.min_style_probability:
-                reasons[index] = "off_style"
+        for persona in {pairs[i].persona for i in survivors}:
+            judged = [i for i in survivors if i not in reasons and pairs[i].persona == persona]
+            if not judged:
+                continue
+            scores = judge.persona_score([pairs[i].target for i in judged], persona)
+            for index, score in zip(judged, scores, strict=True):
+                if score < config.min_style_probability:
+                    reasons[index] = "off_style"
     report = QualityReport(total=len(pairs), dropped=Counter(reasons.values()))
     for index, reason in sorted(reasons.items()):
         shown = report.examples.setdefault(reason, [])

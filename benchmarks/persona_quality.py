@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.table import Table
 
 from common.summary import record
-from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
 from kizuna.datasets.content import ContentCheck
 from kizuna.datasets.corpus import CORPUS_STRENGTHS
@@ -42,8 +41,9 @@ from kizuna.model.engine import Engine, build_engine
 from kizuna.model.generation import SamplingParams
 from kizuna.personas import load_profiles
 from kizuna.personas.schema import Language
+from kizuna.serve.adapters import make_resident
 from kizuna.store import adapters as adapter_store
-from kizuna.store.db import open_store, transaction
+from kizuna.store.db import open_store
 from kizuna.teacher.base import language_of
 
 Cell = tuple[str, Language, float]  # persona, language, strength
@@ -53,12 +53,9 @@ def _load_stable_adapters(settings: Settings, personas: Sequence[str]) -> Engine
     engine = build_engine(settings, max_adapters=len(personas))
     sessions = open_store(settings.resolved_database_url)
     for persona in personas:
-        with transaction(sessions) as session:
+        with sessions() as session:  # the record is read inside its session
             stable = adapter_store.stable_adapter(session, persona=persona)
-            url, sha256 = stable.artifact_url, stable.sha256
-        engine.load_adapter(
-            persona, fetch_directory(url, sha256=sha256, cache_dir=settings.adapter_cache_dir)
-        )
+            make_resident(engine, stable, name=persona, cache_dir=settings.adapter_cache_dir)
     return engine
 
 

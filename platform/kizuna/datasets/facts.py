@@ -79,14 +79,17 @@ def _names_en(text: str) -> set[str]:
     }
 
 
+def _negations(text: str, language: str) -> int:
+    return len((_NEGATION_ZH if language == "zh" else _NEGATION_EN).findall(text))
+
+
 def facts_of(text: str) -> Facts:
     """The numbers, names and negation count of ``text``."""
-    chinese = language_of(text) == "zh"
-    negations = (_NEGATION_ZH if chinese else _NEGATION_EN).findall(text)
+    language = language_of(text)
     return Facts(
         numbers=_numbers(text),
-        names=frozenset(_names_zh(text) if chinese else _names_en(text)),
-        negations=len(negations),
+        names=frozenset(_names_zh(text) if language == "zh" else _names_en(text)),
+        negations=_negations(text, language),
     )
 
 
@@ -96,12 +99,11 @@ def lost_facts(source: str, rewrite: str) -> list[str]:
     problems = [f"number {n} missing" for n in sorted(before.numbers - after)]
     problems += [f"number {n} added" for n in sorted(after - before.numbers)]
     problems += [f"name {name} missing" for name in sorted(before.names) if name not in rewrite]
-    negations = len(
-        (_NEGATION_ZH if language_of(source) == "zh" else _NEGATION_EN).findall(rewrite)
-    )
+    language = language_of(source)
+    negations = _negations(rewrite, language)
     if negations < before.negations:
         problems.append(f"negation dropped ({before.negations} → {negations})")
-    if language_of(source) == "en":
+    if language == "en":
         problems += [f"negation added to '{a} {w}'" for a, w in _flipped(source, rewrite)]
     return problems
 

@@ -72,7 +72,8 @@ class JointTraining:
         layers = install_multi_lora(
             model, slots=len(personas) + 1, rank=shape.rank, context=context
         )
-        for slot, persona in enumerate(personas, start=1):
+        slots = {persona: slot for slot, persona in enumerate(personas, start=1)}
+        for persona, slot in slots.items():
             # Seeded by persona, so an adapter's start does not depend on its neighbours.
             generator = torch.Generator().manual_seed(seed ^ zlib.crc32(persona.encode()))
             for layer in layers.values():
@@ -80,7 +81,6 @@ class JointTraining:
         for layer in layers.values():
             layer.lora_a.requires_grad_(True)
             layer.lora_b.requires_grad_(True)
-        slots = {persona: slot for slot, persona in enumerate(personas, start=1)}
         return cls(model, shape, slots, layers, context, {p: [] for p in personas})
 
     def parameters(self) -> list[nn.Parameter]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kizuna.artifacts import fetch_directory
 from kizuna.config import Settings
 from kizuna.datasets.content import ContentCheck
 from kizuna.datasets.persona_corpus import AuthoredRewrite, authored_rewrites
@@ -31,8 +30,9 @@ from kizuna.model.prompts import prompt_ids, transform_messages
 from kizuna.personas import load_profiles
 from kizuna.personas.schema import Example
 from kizuna.sampler.diversity import cosine, ngram_vector
+from kizuna.serve.adapters import make_resident
 from kizuna.store import adapters as adapter_store
-from kizuna.store.db import open_store, transaction
+from kizuna.store.db import open_store
 from kizuna.store.models import AdapterStatus
 from kizuna.teacher.base import StyleRequest
 from kizuna.teacher.persona_prompt import persona_messages
@@ -71,6 +71,13 @@ class CorpusTeacher:
         self._adapters = dict(adapters)  # persona -> resident adapter name
         self._sampling = sampling or Sampling()
         self._authored = {(r.persona, r.input): r for r in authored_rewrites(split="train")}
+        # The few-shot pool of each persona and language, with its inputs' n-gram vectors
+        # computed once rather than for every request.
+        self._pool: dict[tuple[str, str], list[tuple[dict[int, float], AuthoredRewrite]]] = {}
+        for rewrite in self._authored.values():
+            self._pool.setdefault((rewrite.persona, rewrite.language), []).append(
+                (ngram_vector(rewrite.input), rewrite)
+            )
 
     @property
     def version(self) -> str:
@@ -143,15 +150,11 @@ class CorpusTeacher:
     def _nearest(self, request: StyleRequest) -> list[Example]:
         """The persona's authored examples in the input's language most like the input."""
         vector = ngram_vector(request.text)
-        pool: list[AuthoredRewrite] = [
-            r
-            for (persona, _), r in self._authored.items()
-            if persona == request.persona.id and r.language == request.language
-        ]
-        pool.sort(key=lambda r: cosine(vector, ngram_vector(r.input)), reverse=True)
+        pool = self._pool.get((request.persona.id, request.language), [])
+        nearest = sorted(pool, key=lambda entry: cosine(vector, entry[0]), reverse=True)
         return [
             Example(input=r.input, target=r.target, intensity=r.intensity)
-            for r in pool[: self._sampling.few_shot]
+            for _, r in nearest[: self._sampling.few_shot]
         ]
 
 
@@ -162,16 +165,14 @@ def build(settings: Settings) -> CorpusTeacher:
     sessions = open_store(settings.resolved_database_url)
     adapters: dict[str, str] = {}
     for persona in sorted(profiles):
-        with transaction(sessions) as session:
+        with sessions() as session:  # the record is read inside its session
             stable = adapter_store.adapter_with_status(
                 session, persona=persona, status=AdapterStatus.STABLE
             )
-            if stable is None:
-                continue
-            name, url, sha256 = f"{persona}@{stable.version}", stable.artifact_url, stable.sha256
-        engine.load_adapter(
-            name, fetch_directory(url, sha256=sha256, cache_dir=settings.adapter_cache_dir)
-        )
-        adapters[persona] = name
+            if stable is not None:
+                adapters[persona] = f"{persona}@{stable.version}"
+                make_resident(
+                    engine, stable, name=adapters[persona], cache_dir=settings.adapter_cache_dir
+                )
     judge = load_or_train(profiles, settings.judge_dir)
     return CorpusTeacher(engine, judge.classifier, ContentCheck(), adapters=adapters)

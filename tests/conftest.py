@@ -8,11 +8,12 @@ ChatML chat template like SmolLM2's. Nothing is downloaded.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -22,8 +23,11 @@ from kizuna.bootstrap import bootstrap
 from kizuna.config import Settings
 from kizuna.model.finetune import FinetuneArgs
 from kizuna.personas import load_profiles
+from kizuna.serve.runtime import Replica
 from kizuna.store.db import make_engine, session_factory, upgrade
-from support import PostgresServer, QuietProgress
+from support import API_TOKEN, PostgresServer, QuietProgress, in_process_replica
+
+ReplicaFactory = Callable[..., "tuple[Replica, TestClient]"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
@@ -107,6 +111,45 @@ def bootstrapped(settings: Settings) -> Settings:
     """``settings`` with a stable tsundere adapter (one training step on the tiny model)."""
     bootstrap(settings, progress=QuietProgress(), args=FinetuneArgs(steps=1), personas=["tsundere"])
     return settings
+
+
+# --- serving: one bootstrapped store the API tests share (they only add interactions) ---
+
+
+@pytest.fixture(scope="session")
+def serving_data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A data directory with stable tsundere and cool adapters (two steps each)."""
+    data = tmp_path_factory.mktemp("serve-data")
+    bootstrap(
+        Settings(data_dir=data, base_model=str(tiny_model_dir), device="cpu"),
+        progress=QuietProgress(),
+        args=FinetuneArgs(steps=2, batch_size=4),
+        personas=["tsundere", "cool"],
+    )
+    return data
+
+
+@pytest.fixture
+def make_replica(serving_data_dir: Path, tiny_model_dir: Path) -> Iterator[ReplicaFactory]:
+    """Builds in-process replicas over ``serving_data_dir`` (bearer ``API_TOKEN``);
+    settings may be overridden. Each is closed (its journal flushed) after the test."""
+    replicas: list[Replica] = []
+
+    def make(**overrides: object) -> tuple[Replica, TestClient]:
+        values: dict[str, object] = {
+            "data_dir": serving_data_dir,
+            "base_model": str(tiny_model_dir),
+            "device": "cpu",
+            "api_tokens": API_TOKEN,
+            "serve_refresh_s": 0.01,
+        }
+        replica = in_process_replica(Settings(**{**values, **overrides}))  # type: ignore[arg-type]
+        replicas.append(replica)
+        return replica, TestClient(replica.app)
+
+    yield make
+    for replica in replicas:
+        replica.close()
 
 
 # --- PostgreSQL: a throwaway server per test session, started by the tests themselves ---

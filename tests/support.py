@@ -1,5 +1,5 @@
-"""Small pieces several test modules need: quiet progress, a free port, a local replica,
-a random adapter, logged traffic, a rollout's environment."""
+"""Small pieces several test modules need: quiet progress, a free port, a local replica
+(over HTTP too), a random adapter, logged traffic, a rollout's environment."""
 
 import asyncio
 import contextlib
@@ -9,11 +9,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.config import Settings
@@ -24,6 +29,9 @@ from kizuna.model.lora import LoraShape, new_adapter
 from kizuna.serve.runtime import Replica, build_replica
 from kizuna.store.db import transaction
 from kizuna.store.interactions import InteractionRecord, log_interaction
+
+#: The bearer token of the replicas ``make_replica`` (conftest) builds.
+API_TOKEN = "test-token"
 
 
 class QuietProgress:
@@ -38,6 +46,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served_over_http(app: FastAPI) -> Iterator[str]:
+    """``app`` served by uvicorn on a loopback port for the block; its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
 
 
 def in_process_replica(settings: Settings) -> Replica:

@@ -15,14 +15,13 @@ from dataclasses import replace
 
 import httpx
 import pytest
-import uvicorn
 
 from kizuna.config import Settings
 from kizuna.model.engine import EngineRequest, build_engine
-from kizuna.model.generation import Generation
+from kizuna.model.generation import ChosenToken, Generation
 from kizuna.serve.runtime import Replica, build_replica
 from kizuna.store.interactions import get_interaction
-from support import free_port
+from support import served_over_http
 
 pytestmark = pytest.mark.integration
 TOKEN = "stream-test"
@@ -47,10 +46,10 @@ class HeldBeforeLastToken:
         engine = build_engine(settings)
 
         async def run_one(request: EngineRequest) -> Generation:
-            heard: list[int] = []
+            heard: list[ChosenToken] = []
             listener = request.on_token
 
-            def hold(token: int) -> None:
+            def hold(token: ChosenToken) -> None:
                 if listener is not None:
                     listener(token)
                 heard.append(token)
@@ -68,22 +67,13 @@ class HeldBeforeLastToken:
 
 @contextmanager
 def http_server(held: HeldBeforeLastToken) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(held.replica.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with served_over_http(held.replica.app) as url:
+            try:
+                yield url
+            finally:
+                held.release.set()  # the server cannot stop while a reply is held
     finally:
-        held.release.set()
-        server.should_exit = True
-        thread.join(timeout=60)
         held.replica.close()
 
 

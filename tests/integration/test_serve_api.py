@@ -1,6 +1,7 @@
 """The HTTP API of one replica: real engine, store, journal and router; no Ray needed."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,45 +14,11 @@ from kizuna.serve.runtime import Replica
 from kizuna.store.db import transaction
 from kizuna.store.devices import register_device
 from kizuna.store.interactions import count_interactions, get_interaction
-from support import QuietProgress, in_process_replica
+from support import API_TOKEN, QuietProgress
 
 pytestmark = pytest.mark.integration
-TOKEN = "test-token"
+TOKEN = API_TOKEN
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def bootstrapped(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    data = tmp_path_factory.mktemp("serve-data")
-    settings = Settings(data_dir=data, base_model=str(tiny_model_dir), device="cpu")
-    bootstrap(
-        settings,
-        progress=QuietProgress(),
-        args=FinetuneArgs(steps=2, batch_size=4),
-        personas=["tsundere", "cool"],
-    )
-    return data
-
-
-@pytest.fixture
-def make_replica(bootstrapped: Path, tiny_model_dir: Path):
-    replicas: list[Replica] = []
-
-    def make(**overrides) -> tuple[Replica, TestClient]:
-        values = dict(
-            data_dir=bootstrapped,
-            base_model=str(tiny_model_dir),
-            device="cpu",
-            api_tokens=TOKEN,
-            serve_refresh_s=0.01,
-        )
-        replica = in_process_replica(Settings(**{**values, **overrides}))
-        replicas.append(replica)
-        return replica, TestClient(replica.app)
-
-    yield make
-    for replica in replicas:
-        replica.close()
 
 
 def _stored(replica: Replica, public_id: str):
@@ -239,11 +206,12 @@ def test_models_personas_and_feedback(make_replica) -> None:
 
 
 def test_a_new_stable_version_is_served_without_a_restart(
-    make_replica, bootstrapped, tiny_model_dir
+    make_replica, serving_data_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    _, client = make_replica()
+    data = shutil.copytree(serving_data_dir, tmp_path / "data")  # the shared store stays
+    _, client = make_replica(data_dir=data)
     assert client.post("/v1/transform", json=BODY, headers=AUTH).json()["adapter_version"] == 1
-    settings = Settings(data_dir=bootstrapped, base_model=str(tiny_model_dir), device="cpu")
+    settings = Settings(data_dir=data, base_model=str(tiny_model_dir), device="cpu")
     bootstrap(
         settings,
         progress=QuietProgress(),

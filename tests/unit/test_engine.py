@@ -199,7 +199,7 @@ def test_each_row_hears_its_tokens_step_by_step(decoder, request, tokenizer) -> 
             prompt=prompt_ids(tokenizer, transform_messages(text)),
             mix=mix,
             params=SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens),
-            on_token=lambda token, row=row: heard.append((row, token)),
+            on_token=lambda token, row=row: heard.append((row, token.id)),
         )
         for row, (text, mix, tokens) in enumerate(
             [(TEXTS[0], {"tsundere": 1.0}, 3), (TEXTS[1], {"airhead": 1.0}, 6)]
@@ -295,3 +295,69 @@ def test_generation_never_repeats_a_reply_ngram(decoder, request, tokenizer) -> 
     # The tiny random model repeats itself without the guard, and never with it.
     assert len(set(bigrams(free))) < len(bigrams(free))
     assert len(set(bigrams(guarded))) == len(bigrams(guarded))
+
+
+def test_presence_and_frequency_penalties_are_per_row_and_per_use() -> None:
+    logits = torch.zeros(2, 6)
+    plain = SamplingParams(no_repeat_ngram=0, repetition_penalty=1.0)
+    penalised = SamplingParams(
+        no_repeat_ngram=0, repetition_penalty=1.0, presence_penalty=0.5, frequency_penalty=0.25
+    )
+    discourage_repeats(logits, [[1, 1, 2], [1, 1, 2]], [penalised, plain])
+    # presence once for any use, frequency for each: token 1 was used twice, token 2 once.
+    assert logits[0].tolist() == [0.0, -1.0, -0.75, 0.0, 0.0, 0.0]
+    assert logits[1].tolist() == [0.0] * 6
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_stop_string_ends_the_reply_before_it(decoder, request, tokenizer) -> None:
+    engine = request.getfixturevalue(decoder)
+    prompt = prompt_ids(tokenizer, transform_messages(TEXTS[1]))
+
+    def reply(stop: tuple[str, ...]):
+        params = SamplingParams(max_new_tokens=24, min_new_tokens=24, stop=stop)
+        return engine.generate(
+            [EngineRequest(prompt=prompt, mix={"tsundere": 1.0}, params=params)]
+        )[0]
+
+    free = reply(())
+    middle = len(free.text) // 2
+    stop = free.text[middle : middle + 3]
+    assert stop.strip(), free.text
+    stopped = reply((stop, "never appears 🙅"))
+    assert stopped.text == free.text[: free.text.find(stop)].strip()
+    assert stop not in stopped.text and stopped.finish_reason == "stop"
+    assert len(stopped.token_ids) < len(free.token_ids) and free.finish_reason == "length"
+    # The tokens up to the stop are the free reply's: a stop never changes the sampling.
+    assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_logprobs_are_the_models_raw_distribution(decoder, request, tokenizer) -> None:
+    engine = request.getfixturevalue(decoder)
+    prompts = [prompt_ids(tokenizer, transform_messages(text)) for text in TEXTS[:2]]
+    asked, plain = engine.generate(
+        [
+            EngineRequest(
+                prompt=prompts[0],
+                mix={"tsundere": 1.0},
+                params=SamplingParams(
+                    max_new_tokens=8, min_new_tokens=8, temperature=0.9, seed=3, top_logprobs=4
+                ),
+            ),
+            EngineRequest(prompt=prompts[1], mix={"airhead": 1.0}),
+        ]
+    )
+    assert plain.top_logprobs == [] and len(plain.token_logprobs) == len(plain.token_ids)
+    # Teacher forcing the prompt and the reply gives the distribution each token came from.
+    [forced] = engine.forward_logits(
+        [EngineRequest(prompt=prompts[0] + asked.token_ids[:-1], mix={"tsundere": 1.0})]
+    )
+    log_probs = torch.log_softmax(forced[len(prompts[0]) - 1 :], dim=-1)
+    chosen = log_probs.gather(1, torch.tensor(asked.token_ids)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(asked.token_logprobs), chosen, atol=1e-4)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    assert torch.allclose(torch.tensor(asked.token_entropies), entropy, atol=1e-4)
+    for step, top in enumerate(asked.top_logprobs):
+        assert [token for token, _ in top] == log_probs[step].topk(4).indices.tolist()
+        assert [value for _, value in top] == sorted((v for _, v in top), reverse=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kizuna.model.base import load_tokenizer
-from kizuna.model.generation import Generation, decode_reply
+from kizuna.model.generation import ChosenToken, Generation, decode_reply, reply_text
 from kizuna.serve.service import Reply
-from kizuna.serve.streaming import ReplyText, StreamedReply
+from kizuna.serve.streaming import ReplyText, StreamedReplies
 
 # Multi-byte characters the tiny byte-level tokenizer splits over several tokens.
 TEXT = "  はい、わかった！ Fine… 😤 whatever.  "
@@ -64,29 +64,34 @@ def _reply(tokenizer, ids: list[int]) -> Reply:
 def test_tokens_from_the_decoding_thread_arrive_in_order(tokenizer) -> None:
     ids = _ids(tokenizer)
 
-    async def scenario() -> tuple[list[str], Reply]:
-        streamed = StreamedReply(tokenizer)
+    async def scenario() -> tuple[list[str], list[int], Reply]:
+        streamed = StreamedReplies(tokenizer)
+        [listener] = streamed.listeners
 
-        async def generate() -> Reply:
-            decoding = threading.Thread(target=lambda: [streamed.on_token(t) for t in ids])
+        async def generate() -> list[Reply]:
+            decoding = threading.Thread(
+                target=lambda: [listener(ChosenToken(t, -1.0)) for t in ids]
+            )
             decoding.start()
             await asyncio.to_thread(decoding.join)
-            return _reply(tokenizer, ids)
+            return [_reply(tokenizer, ids)]
 
         streamed.start(generate())
         await streamed.started()
-        pieces = [piece async for piece in streamed.deltas()]
-        return pieces, await streamed.task
+        deltas = [delta async for delta in streamed.deltas()]
+        tokens = [token.id for delta in deltas for token in delta.tokens]
+        return [delta.text for delta in deltas], tokens, (await streamed.task)[0]
 
-    pieces, reply = asyncio.run(scenario())
+    pieces, tokens, reply = asyncio.run(scenario())
     assert "".join(pieces) == reply.generation.text == TEXT.strip()
+    assert tokens == ids  # every token's logprob travels with some piece, in order
 
 
 def test_an_error_before_the_first_token_is_raised_by_started(tokenizer) -> None:
     async def scenario() -> None:
-        streamed = StreamedReply(tokenizer)
+        streamed = StreamedReplies(tokenizer)
 
-        async def refused() -> Reply:
+        async def refused() -> list[Reply]:
             raise LookupError("unknown persona")
 
         streamed.start(refused())
@@ -94,3 +99,18 @@ def test_an_error_before_the_first_token_is_raised_by_started(tokenizer) -> None
 
     with pytest.raises(LookupError, match="unknown persona"):
         asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("stop", ["わかった", "Fine…", " whatever", "😤", "."])
+def test_a_stream_never_sends_a_stop_string_or_what_follows(tokenizer, stop: str) -> None:
+    ids = _ids(tokenizer)
+    text = ReplyText(tokenizer, stops=(stop, "never"))
+    pieces = []
+    for n, token in enumerate(ids, start=1):
+        pieces.append(text.push([token]))
+        if reply_text(tokenizer, ids[:n], (stop,))[1]:
+            break  # where the engine ends the row
+    final, stopped = reply_text(tokenizer, ids, (stop,))
+    assert stopped
+    pieces.append(text.finish(final))
+    assert "".join(pieces) == final == TEXT.strip()[: TEXT.strip().find(stop)].strip()

@@ -26,10 +26,13 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from kizuna.config import Settings
 from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
 from kizuna.model.generation import (
+    ChosenToken,
+    FinishReason,
     Generation,
     SamplingParams,
     decode_reply,
-    token_uncertainty,
+    reply_text,
+    uncertainty_of,
 )
 from kizuna.model.multi_lora import (
     MultiLoraLinear,
@@ -50,7 +53,7 @@ class AdapterNotResidentError(KeyError):
         return str(self.args[0])
 
 
-TokenListener = Callable[[int], None]
+TokenListener = Callable[[ChosenToken], None]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class EngineRequest:
 
     ``on_token``, if given, is called from the decoding thread with each token the row
     chooses, as it is chosen (a streamed reply); it must return at once and not raise.
+    A stream must hold back text that may begin a stop string: the row's tokens go on
+    until the stop string is complete.
     """
 
     prompt: list[int]
@@ -275,47 +280,102 @@ class Engine:
         longest = max(r.params.max_new_tokens for r in requests)
         stepper = self._stepper(rows, ids.shape[1] + longest)
         logits = stepper.prefill(ids, mask)
-        generators = [_generator(r.params.seed) for r in requests]
-        tokens: list[list[int]] = [[] for _ in requests]
-        entropies: list[list[float]] = [[] for _ in requests]
-        margins: list[list[float]] = [[] for _ in requests]
-        done = [False] * len(requests)
+        params = [r.params for r in requests]
+        generators = [_generator(p.seed) for p in params]
+        replies = [_Reply() for _ in requests]
+        top_k = max(p.top_logprobs for p in params)
         eos = self.tokenizer.eos_token_id
         for step in range(longest):
-            entropy, margin = token_uncertainty(logits)
-            # One indexing op and one copy to the host per step, whatever the batch size:
-            # per-row device ops would cost a launch (or a sync) each.
-            too_early = [row for row, r in enumerate(requests) if step < r.params.min_new_tokens]
+            # Entropy, margin and log-probabilities from one softmax of the raw logits,
+            # before the penalties below change them.
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            entropy, margin = uncertainty_of(log_probs)
+            too_early = [row for row, p in enumerate(params) if step < p.min_new_tokens]
             if too_early:
                 logits[too_early, eos] = float("-inf")
-            discourage_repeats(logits, tokens, [r.params for r in requests])
-            chosen = select_tokens(logits, [r.params for r in requests], generators)
-            picked, row_entropy, row_margin = chosen.tolist(), entropy.tolist(), margin.tolist()
+            discourage_repeats(logits, [reply.tokens for reply in replies], params)
+            chosen = select_tokens(logits, params, generators)
+            chosen_logprob = log_probs.gather(1, chosen[:, None])[:, 0]
+            top = log_probs.topk(top_k, dim=-1) if top_k else None
+            # One copy to the host per step, whatever the batch size: per-row device ops
+            # would cost a launch (or a sync) each.
+            picked, row_entropy, row_margin, row_logprob = (
+                t.tolist() for t in (chosen, entropy, margin, chosen_logprob)
+            )
+            top_ids, top_values = (top.indices.tolist(), top.values.tolist()) if top else ([], [])
             for row, request in enumerate(requests):
-                if done[row]:
+                reply = replies[row]
+                if reply.finish is not None:
                     continue
-                tokens[row].append(picked[row])
+                k = request.params.top_logprobs
+                token = ChosenToken(
+                    id=picked[row],
+                    logprob=round(row_logprob[row], 6),
+                    top=_alternatives(top_ids[row][:k], top_values[row][:k]) if k else (),
+                )
+                reply.add(token, entropy=row_entropy[row], margin=row_margin[row])
                 if request.on_token is not None:
-                    request.on_token(picked[row])
-                entropies[row].append(round(row_entropy[row], 6))
-                margins[row].append(round(row_margin[row], 6))
-                ended = picked[row] == eos or len(tokens[row]) >= request.params.max_new_tokens
-                done[row] = ended
-            if all(done):
+                    request.on_token(token)
+                reply.check_end(self.tokenizer, request.params, eos=eos)
+            if all(reply.finish is not None for reply in replies):
                 break
             logits = stepper.step(chosen)
         return [
-            Generation(
-                text=decode_reply(self.tokenizer, row_tokens),
-                token_ids=row_tokens,
-                token_entropies=row_entropies,
-                token_margins=row_margins,
-                prompt_tokens=len(request.prompt),
-            )
-            for request, row_tokens, row_entropies, row_margins in zip(
-                requests, tokens, entropies, margins, strict=True
-            )
+            reply.generation(self.tokenizer, prompt_tokens=len(request.prompt))
+            for request, reply in zip(requests, replies, strict=True)
         ]
+
+
+@dataclass
+class _Reply:
+    """One row's reply while it is decoded."""
+
+    tokens: list[int] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    finish: FinishReason | None = None
+    #: The text up to a stop string, once one appeared.
+    stopped_text: str | None = None
+
+    def add(self, token: ChosenToken, *, entropy: float, margin: float) -> None:
+        self.tokens.append(token.id)
+        self.entropies.append(round(entropy, 6))
+        self.margins.append(round(margin, 6))
+        self.logprobs.append(token.logprob)
+        if token.top:
+            self.top.append(list(token.top))
+
+    def check_end(
+        self, tokenizer: PreTrainedTokenizerBase, params: SamplingParams, *, eos: int
+    ) -> None:
+        if params.stop:
+            text, stopped = reply_text(tokenizer, self.tokens, params.stop)
+            if stopped:
+                self.stopped_text, self.finish = text, "stop"
+                return
+        if self.tokens[-1] == eos:
+            self.finish = "stop"
+        elif len(self.tokens) >= params.max_new_tokens:
+            self.finish = "length"
+
+    def generation(self, tokenizer: PreTrainedTokenizerBase, *, prompt_tokens: int) -> Generation:
+        text = self.stopped_text
+        return Generation(
+            text=decode_reply(tokenizer, self.tokens) if text is None else text,
+            token_ids=self.tokens,
+            token_entropies=self.entropies,
+            token_margins=self.margins,
+            prompt_tokens=prompt_tokens,
+            finish_reason=self.finish or "length",
+            token_logprobs=self.logprobs,
+            top_logprobs=self.top,
+        )
+
+
+def _alternatives(ids: list[int], values: list[float]) -> tuple[tuple[int, float], ...]:
+    return tuple((token, round(value, 6)) for token, value in zip(ids, values, strict=True))
 
 
 def _generator(seed: int | None) -> torch.Generator | None:

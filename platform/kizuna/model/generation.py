@@ -9,8 +9,8 @@ a small margin means the model hesitated between two tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -33,6 +33,14 @@ class SamplingParams:
     no_repeat_ngram: int = 4
     #: CTRL-style penalty on the logits of tokens the reply already holds (1: off).
     repetition_penalty: float = 1.1
+    #: OpenAI's additive penalties on the reply's own tokens: a flat one for any token
+    #: already used, and one per use.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: The reply ends before the first of these strings; it is never part of the text.
+    stop: tuple[str, ...] = ()
+    #: How many most likely alternatives to report with each token's log-probability.
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -47,17 +55,54 @@ class SamplingParams:
             raise ValueError("no_repeat_ngram must be 0 (off) or at least 2")
         if self.repetition_penalty < 1:
             raise ValueError("repetition_penalty must be >= 1")
+        if not (-2 <= self.presence_penalty <= 2 and -2 <= self.frequency_penalty <= 2):
+            raise ValueError("presence_penalty and frequency_penalty must be in [-2, 2]")
+        if any(not stop for stop in self.stop):
+            raise ValueError("a stop string must not be empty")
+        if self.top_logprobs < 0:
+            raise ValueError("top_logprobs must be >= 0")
+
+
+@dataclass(frozen=True)
+class ChosenToken:
+    """One token a row chose, as a streamed reply hears it: its id, its log-probability
+    and, where asked for, the most likely alternatives (the same raw distribution)."""
+
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
 class Generation:
-    """A generated reply and the entropy of each of its tokens."""
+    """A generated reply and the entropy of each of its tokens.
+
+    ``token_logprobs`` and ``top_logprobs`` come from the same raw distribution as the
+    entropy: each chosen token's log-probability, and the most likely (token, logprob)
+    pairs where the request asked for them.
+    """
 
     text: str
     token_ids: list[int]
     token_entropies: list[float]
     token_margins: list[float]
     prompt_tokens: int
+    #: ``stop``: end of sequence or a stop string; ``length``: the token budget.
+    finish_reason: FinishReason = "stop"
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+
+    def chosen_tokens(self) -> list[ChosenToken]:
+        """Each token with its log-probability and alternatives (where recorded)."""
+        logprobs = self.token_logprobs or [0.0] * len(self.token_ids)
+        tops = self.top_logprobs or [[] for _ in self.token_ids]
+        return [
+            ChosenToken(id=token, logprob=logprob, top=tuple(top))
+            for token, logprob, top in zip(self.token_ids, logprobs, tops, strict=True)
+        ]
 
     @property
     def entropy_mean(self) -> float:
@@ -71,22 +116,52 @@ class Generation:
 
 
 def token_uncertainty(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy (nats) and top-1 − top-2 margin of the softmax of ``logits`` (last dim).
+    """Entropy (nats) and top-1 − top-2 margin of the softmax of ``logits`` (last dim)."""
+    return uncertainty_of(torch.log_softmax(logits.float(), dim=-1))
 
-    Both come from one softmax over the vocabulary: this runs at every decode step.
+
+def uncertainty_of(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy (nats) and top-1 − top-2 margin of a log-softmax (last dim).
+
+    Both come from the one softmax the decode also takes log-probabilities from: this
+    runs at every decode step.
     """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
     probs = log_probs.exp()
     top = probs.topk(2, dim=-1).values
     return -(probs * log_probs).sum(dim=-1), top[..., 0] - top[..., 1]
 
 
-def decode_reply(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
-    """The reply's text without special tokens or a trailing partial character."""
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    found = [index for index in (text.find(stop) for stop in stops) if index >= 0]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+def unsettled_tail(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` could still begin a stop string: a
+    stream must hold them back until the next token says whether they are part of one."""
+    for length in range(min(len(text), max(map(len, stops), default=1) - 1), 0, -1):
+        if any(stop.startswith(text[-length:]) for stop in stops):
+            return length
+    return 0
+
+
+def reply_text(
+    tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: tuple[str, ...] = ()
+) -> tuple[str, bool]:
+    """The reply's text without special tokens or a trailing partial character, cut
+    before the first stop string; and whether one was found."""
     # Byte-level tokenizers split CJK characters over several tokens; a reply cut at
     # max_new_tokens can end inside one, which decodes to U+FFFD. Drop that fragment.
-    text = str(tokenizer.decode(ids, skip_special_tokens=True))
-    return text.rstrip("\ufffd").strip()
+    # Stops are looked for before the ends are stripped: a stop may be a newline.
+    text = str(tokenizer.decode(ids, skip_special_tokens=True)).rstrip("\ufffd")
+    text, stopped = cut_at_stop(text, stops)
+    return text.strip(), stopped
+
+
+def decode_reply(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The reply's text without special tokens or a trailing partial character."""
+    return reply_text(tokenizer, ids)[0]
 
 
 @torch.inference_mode()
@@ -96,7 +171,11 @@ def generate(
     prompt: list[int],
     params: SamplingParams,
 ) -> Generation:
-    """Continue ``prompt`` (token ids) and return the reply with per-token entropies."""
+    """Continue ``prompt`` (token ids) and return the reply with per-token entropies.
+
+    transformers' own loop, the reference the engine is tested against: the engine's
+    decoding adjustments (repeat and OpenAI penalties, stop strings) are not applied.
+    """
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt], device=device)
     sampling = params.temperature > 0
@@ -132,4 +211,5 @@ def generate(
         token_entropies=[round(value, 6) for value in entropies[: len(new_ids)]],
         token_margins=[round(value, 6) for value in margins[: len(new_ids)]],
         prompt_tokens=len(prompt),
+        finish_reason="length" if len(new_ids) >= params.max_new_tokens else "stop",
     )

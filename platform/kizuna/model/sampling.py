@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -13,7 +14,10 @@ def sample_top_p(
     logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> int:
     """Sample from softmax(logits / T) restricted to the smallest set of mass >= top_p."""
-    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+    # In float64 and shifted so the top logit is 0: a temperature near zero (1e-320, a
+    # float32 zero) then sends the rest to -inf instead of making the softmax inf/inf.
+    logits = logits.double().cpu()
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     ordered, order = probs.sort(descending=True)
     # Keep a token while the mass before it is below top_p: the first always stays.
     keep = ordered.cumsum(0) - ordered < top_p
@@ -25,7 +29,8 @@ def sample_top_p(
 def discourage_repeats(
     logits: torch.Tensor, replies: Sequence[Sequence[int]], params: Sequence[SamplingParams]
 ) -> None:
-    """In place: each row's repetition penalty and banned n-gram continuations.
+    """In place: each row's repetition, presence and frequency penalties and banned
+    n-gram continuations.
 
     Only the reply's own tokens count (see :class:`SamplingParams`); a row whose reply
     would complete an n-gram it already wrote cannot pick that token.
@@ -33,11 +38,15 @@ def discourage_repeats(
     for row, (reply, row_params) in enumerate(zip(replies, params, strict=True)):
         if not reply:
             continue
+        counts = Counter(reply)
+        seen = torch.tensor(list(counts), device=logits.device)
         if row_params.repetition_penalty > 1:
-            seen = torch.tensor(sorted(set(reply)), device=logits.device)
             values = logits[row, seen]
             penalty = row_params.repetition_penalty
             logits[row, seen] = torch.where(values > 0, values / penalty, values * penalty)
+        if row_params.presence_penalty or row_params.frequency_penalty:
+            uses = torch.tensor(list(counts.values()), device=logits.device, dtype=logits.dtype)
+            logits[row, seen] -= row_params.presence_penalty + row_params.frequency_penalty * uses
         n = row_params.no_repeat_ngram
         if n and len(reply) >= n:
             tail = tuple(reply[len(reply) - n + 1 :])

@@ -7,35 +7,40 @@ call gets 401 and writes nothing. Bad input is a 4xx naming the field; overload 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy.exc import OperationalError
+from fastapi.responses import StreamingResponse
 
 from kizuna import __version__
-from kizuna.artifacts import ArtifactIntegrityError
 from kizuna.personas import load_profiles
 from kizuna.serve.auth import Authenticator, Caller
-from kizuna.serve.schemas import (
-    ChatCompletionRequest,
-    FeedbackRequest,
-    TransformRequest,
-    TransformResponse,
+from kizuna.serve.errors import error_response, install_error_handlers
+from kizuna.serve.openai_bodies import (
+    Envelope,
+    TokenTexts,
+    chat_chunks,
+    chat_completion,
+    completion,
+    completion_chunks,
+    usage,
 )
+from kizuna.serve.openai_schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+from kizuna.serve.schemas import FeedbackRequest, TransformRequest, TransformResponse
 from kizuna.serve.service import (
     BASE_MODEL_NAME,
-    BadRequestError,
     InferenceService,
-    OverloadedError,
+    Reply,
     public_interaction_id,
 )
-from kizuna.serve.streaming import StreamedReply, chat_completion_events
+from kizuna.serve.streaming import StreamedReplies, StreamFormat, completion_events
 from kizuna.store.db import transaction
 from kizuna.store.interactions import set_feedback
 
@@ -63,6 +68,31 @@ def require_caller(
 Authenticated = Annotated[Caller, Depends(require_caller)]
 
 
+OpenAIBody = TypeVar("OpenAIBody", ChatCompletionRequest, CompletionRequest)
+Body_contra = TypeVar("Body_contra", contravariant=True)
+
+
+class WholeBody(Protocol[Body_contra]):
+    """Builds the unstreamed response body."""
+
+    def __call__(
+        self, body: Body_contra, replies: Sequence[Reply], texts: TokenTexts, *, created: int
+    ) -> dict[str, Any]:
+        """The body answering ``body`` with ``replies``."""
+        ...
+
+
+@dataclass(frozen=True)
+class OpenAIRoute(Generic[OpenAIBody]):
+    """What differs between the chat and the completions route: the service call, the
+    whole body, the stream's chunks and their ``object``."""
+
+    answer: Callable[..., Coroutine[Any, Any, list[Reply]]]
+    whole: WholeBody[OpenAIBody]
+    chunks: Callable[[OpenAIBody, TokenTexts], StreamFormat]
+    chunk_object: str
+
+
 def create_app(service: InferenceService, authenticator: Authenticator) -> FastAPI:
     """The API application for one replica."""
     app = FastAPI(title="Kizuna", version=__version__)
@@ -74,7 +104,7 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
     ) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            return error_response(413, f"body over {MAX_BODY_BYTES} bytes")
         started = time.perf_counter()
         response = await call_next(request)
         # Label by the matched route's template, never the raw path: unmatched paths
@@ -85,42 +115,7 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
         service.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return response
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> Response:
-        # Only where and why, never the input back: it may be huge, or text that
-        # cannot be encoded (which FastAPI's default handler turns into a 500).
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        body = json.dumps({"detail": detail}, ensure_ascii=True)
-        return Response(body, status_code=422, media_type="application/json")
-
-    @app.exception_handler(BadRequestError)
-    async def bad_request(_: Request, exc: BadRequestError) -> JSONResponse:
-        detail = [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(OverloadedError)
-    async def overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return JSONResponse({"detail": str(exc)}, status_code=429, headers=headers)
-
-    @app.exception_handler(OperationalError)
-    async def store_down(_: Request, exc: OperationalError) -> JSONResponse:
-        # Raised only where a request needs the store itself (a device token, feedback,
-        # the model list, a first lookup); interactions are journaled on local disk.
-        log.warning("store unavailable: %s", exc.orig)
-        return JSONResponse(
-            {"detail": "the store is unavailable; retry shortly"},
-            status_code=503,
-            headers={"Retry-After": "2"},
-        )
-
-    @app.exception_handler(ArtifactIntegrityError)
-    async def unavailable(_: Request, exc: ArtifactIntegrityError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"adapter unavailable: {exc}"},
-            status_code=503,
-            headers={"Retry-After": "30"},
-        )
+    install_error_handlers(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -136,45 +131,42 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
     ) -> TransformResponse:
         return await service.transform(body, caller, public_interaction_id(caller, key))
 
+    texts = TokenTexts(service.tokenizer)
+
+    async def respond(
+        body: OpenAIBody, caller: Caller, key: str | None, api: OpenAIRoute[OpenAIBody]
+    ) -> dict[str, Any] | StreamingResponse:
+        interaction_id = public_interaction_id(caller, key)
+        created = int(time.time())
+        if not body.stream:
+            replies = await api.answer(body, caller, interaction_id)
+            return api.whole(body, replies, texts, created=created)
+        prompts = len(body.prompts) if isinstance(body, CompletionRequest) else 1
+        stream = StreamedReplies(service.tokenizer, n=body.n * prompts, stops=body.stops)
+        stream.start(api.answer(body, caller, interaction_id, listeners=stream.listeners))
+        await stream.started()  # bad input and overload still get their status
+        events = completion_events(
+            stream,
+            api.chunks(body, texts),
+            envelope=Envelope(interaction_id, api.chunk_object, created, body.model),
+            usage=(lambda done: usage(done, n=body.n)) if body.include_usage else None,
+        )
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    chat_api = OpenAIRoute(service.chat, chat_completion, chat_chunks, "chat.completion.chunk")
+    completion_api = OpenAIRoute(service.complete, completion, completion_chunks, "text_completion")
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(
         body: ChatCompletionRequest, caller: Authenticated, key: IdempotencyKey = None
     ) -> dict[str, Any] | StreamingResponse:
-        interaction_id = public_interaction_id(caller, key)
-        created = int(time.time())
-        if body.stream:
-            streamed = StreamedReply(service.tokenizer)
-            streamed.start(service.chat(body, caller, interaction_id, on_token=streamed.on_token))
-            await streamed.started()  # bad input and overload still get their status
-            events = chat_completion_events(
-                streamed,
-                completion_id=interaction_id,
-                model=body.model,
-                created=created,
-                max_tokens=body.max_tokens,
-            )
-            return StreamingResponse(events, media_type="text/event-stream")
-        reply = await service.chat(body, caller, interaction_id)
-        generation = reply.generation
-        return {
-            "id": reply.interaction_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": generation.text},
-                    "finish_reason": reply.finish_reason(body.max_tokens),
-                }
-            ],
-            "usage": {
-                "prompt_tokens": generation.prompt_tokens,
-                "completion_tokens": len(generation.token_ids),
-                "total_tokens": generation.prompt_tokens + len(generation.token_ids),
-            },
-            "kizuna": reply.kizuna_fields(),
-        }
+        return await respond(body, caller, key, chat_api)
+
+    @app.post("/v1/completions", response_model=None)
+    async def complete(
+        body: CompletionRequest, caller: Authenticated, key: IdempotencyKey = None
+    ) -> dict[str, Any] | StreamingResponse:
+        return await respond(body, caller, key, completion_api)
 
     @app.get("/v1/models")
     def models(_: Authenticated) -> dict[str, Any]:

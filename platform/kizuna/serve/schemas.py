@@ -1,23 +1,32 @@
 """Request and response bodies of the HTTP API.
 
 Validation lives here, so every bad input is a 422 whose message names the field.
-The chat endpoint follows OpenAI's chat-completions shape so existing clients work.
+The OpenAI-compatible bodies are in :mod:`kizuna.serve.openai_schemas`.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_NEW_TOKENS = 512
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FieldError(ValueError):
+    """A request field the schema accepted but the service cannot serve as asked."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
-class Sampling(_Body):
+class StrictBody(BaseModel):
+    """A request body: unknown fields and non-finite numbers (``1e999``) are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Sampling(StrictBody):
     """Decoding settings shared by both endpoints."""
 
     max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS)
@@ -31,7 +40,9 @@ class TransformRequest(Sampling):
 
     text: str = Field(min_length=1)
     persona: str | None = Field(default=None, description="persona or persona@version")
-    mix: dict[str, float] | None = Field(default=None, description='e.g. {"tsundere": 0.7}')
+    mix: dict[str, float] | None = Field(
+        default=None, description='keys: persona or persona@version, e.g. {"tsundere": 0.7}'
+    )
     strength: float = Field(default=1.0, ge=0.0, le=1.0)
     consent: bool = Field(default=False, description="may this interaction train adapters")
 
@@ -77,29 +88,7 @@ class TransformResponse(BaseModel):
     cached: bool = False
 
 
-class ChatMessage(BaseModel):
-    """One turn of a conversation."""
-
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=100_000)
-
-
-class ChatCompletionRequest(_Body):
-    """OpenAI-compatible: ``model`` is a persona, ``persona@version``, or ``base``."""
-
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int = Field(default=128, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stream: bool = False
-    strength: float = Field(default=1.0, ge=0.0, le=1.0, description="Kizuna extension")
-    consent: bool = Field(default=False, description="Kizuna extension")
-    user: str | None = None
-
-
-class FeedbackRequest(_Body):
+class FeedbackRequest(StrictBody):
     """A thumbs up or down on an interaction."""
 
     interaction_id: str = Field(min_length=1, max_length=128)

@@ -7,10 +7,12 @@ with different adapters, share one engine pass.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +28,24 @@ from kizuna.serve.auth import Caller
 from kizuna.serve.cache import ResultCache
 from kizuna.serve.journal import InteractionJournal
 from kizuna.serve.metrics import ServeMetrics
-from kizuna.serve.schemas import ChatCompletionRequest, TransformRequest, TransformResponse
+from kizuna.serve.openai_schemas import (
+    INT64_MAX,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+from kizuna.serve.schemas import FieldError, TransformRequest, TransformResponse
 from kizuna.store.adapters import AdapterNotFoundError
 from kizuna.store.interactions import InteractionRecord
 
 RunOne = Callable[[EngineRequest], Awaitable[Generation]]
 BASE_MODEL_NAME = "base"
+#: The store's public id column holds 128 characters; longer ids are hashed to fit,
+#: leaving room for a choice's suffix.
+_MAX_PLAIN_ID = 120
 
 
-class BadRequestError(ValueError):
-    """Input that passed the schema but names something that does not exist."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class BadRequestError(FieldError):
+    """Input that passed the schema but names something that does not exist (a 422)."""
 
 
 class OverloadedError(RuntimeError):
@@ -59,10 +64,6 @@ class Reply:
     latency_ms: float
     cached: bool
 
-    def finish_reason(self, max_tokens: int) -> str:
-        """OpenAI's ``finish_reason``: ``length`` where the token budget ended the reply."""
-        return "length" if len(self.generation.token_ids) >= max_tokens else "stop"
-
     def kizuna_fields(self) -> dict[str, Any]:
         """What a chat completion adds to OpenAI's fields: the logged id and the entropy."""
         return {
@@ -75,8 +76,17 @@ class Reply:
 
 def public_interaction_id(caller: Caller, idempotency_key: str | None) -> str:
     """The logged interaction's id: a client's key (per device) makes a retry log once."""
-    scope = caller.device_id or "app"
-    return f"{scope}:{idempotency_key}" if idempotency_key else str(uuid.uuid4())
+    if not idempotency_key:
+        return str(uuid.uuid4())
+    scoped = f"{caller.device_id or 'app'}:{idempotency_key}"
+    if len(scoped) <= _MAX_PLAIN_ID:
+        return scoped
+    return "sha256:" + hashlib.sha256(scoped.encode()).hexdigest()
+
+
+def choice_interaction_id(interaction_id: str, index: int) -> str:
+    """The id of a request's ``index``-th choice: the request's own for the first."""
+    return interaction_id if index == 0 else f"{interaction_id}.{index}"
 
 
 def parse_persona_ref(reference: str, *, field: str) -> tuple[str, int | None]:
@@ -85,9 +95,39 @@ def parse_persona_ref(reference: str, *, field: str) -> tuple[str, int | None]:
     persona, _, version = reference.partition("@")
     if not version:
         return persona, None
-    if not version.isdigit():
+    # isdigit alone admits '²' and other digits int() refuses.
+    if not (version.isascii() and version.isdigit()):
         raise BadRequestError(field, f"version in {reference!r} must be a number")
+    if int(version) > INT64_MAX:
+        raise BadRequestError(field, f"version in {reference!r} is past the largest version")
     return persona, int(version)
+
+
+def _choice_seed(seed: int | None, choice: int) -> int | None:
+    # Choices of one seeded request differ from each other and are each reproducible.
+    return None if seed is None else (seed + choice) % (INT64_MAX + 1)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a request asks of the engine, whatever the endpoint: ``n`` choices for each
+    prompt, in one mix of adapters at one strength."""
+
+    prompts: list[list[int]]
+    request_texts: list[str]
+    mix: dict[str, float]
+    field: str
+    strength: float
+    params: SamplingParams
+    persona: str | None
+    consent: bool
+    n: int = 1
+    end_user: str | None = None
+
+    @property
+    def rows(self) -> int:
+        """Engine rows the request takes."""
+        return len(self.prompts) * self.n
 
 
 class InferenceService:
@@ -148,76 +188,93 @@ class InferenceService:
             engine_mix[name] = weight
         return engine_mix, versions
 
-    async def _reply(
+    async def _answer(
         self,
-        *,
-        messages: list[Message],
-        mix: dict[str, float],
-        field: str,
-        strength: float,
-        params: SamplingParams,
+        ask: Ask,
         caller: Caller,
-        consent: bool,
         interaction_id: str,
-        request_text: str,
-        persona: str | None,
-        on_token: TokenListener | None = None,
-    ) -> Reply:
-        if self._in_flight >= self._max_in_flight:
+        listeners: Sequence[TokenListener] | None = None,
+    ) -> list[Reply]:
+        """Every choice of ``ask`` as rows of the same batch, each logged under its own
+        id (see :func:`choice_interaction_id`); prompt by prompt, choice by choice."""
+        if self._in_flight + ask.rows > self._max_in_flight:
             raise OverloadedError(f"{self._in_flight} requests in flight; retry shortly")
-        self._in_flight += 1
+        self._in_flight += ask.rows
         started = time.perf_counter()
         try:
-            engine_mix, versions = self._resolve(field, mix)
-            prompt = prompt_ids(self._tokenizer, messages)
-            key = (tuple(prompt), tuple(sorted(engine_mix.items())), strength, params)
-            generation = self._cache.get(key) if params.temperature == 0 else None
-            cached = generation is not None
-            self.metrics.cache.labels(result="hit" if cached else "miss").inc()
-            if generation is None:
-                request = EngineRequest(
+            engine_mix, versions = self._resolve(ask.field, ask.mix)
+            rows = [
+                EngineRequest(
                     prompt=prompt,
                     mix=engine_mix,
-                    strength=strength,
-                    params=params,
-                    on_token=on_token,
+                    strength=ask.strength,
+                    params=replace(ask.params, seed=_choice_seed(ask.params.seed, choice)),
+                    on_token=None if listeners is None else listeners[row * ask.n + choice],
                 )
-                generation = await self._run_one(request)
-                if params.temperature == 0:
-                    self._cache.put(key, generation)
-            elif on_token is not None:
-                for token in generation.token_ids:
-                    on_token(token)
+                for row, prompt in enumerate(ask.prompts)
+                for choice in range(ask.n)
+            ]
+            results = await asyncio.gather(*(self._generate(row) for row in rows))
         finally:
-            self._in_flight -= 1
+            self._in_flight -= ask.rows
         latency_ms = (time.perf_counter() - started) * 1000
+        replies = []
+        for index, (generation, cached) in enumerate(results):
+            reply = Reply(
+                generation=generation,
+                adapter_versions=versions,
+                interaction_id=choice_interaction_id(interaction_id, index),
+                latency_ms=latency_ms,
+                cached=cached,
+            )
+            self._record(ask, caller, reply, request_text=ask.request_texts[index // ask.n])
+            replies.append(reply)
+        return replies
+
+    async def _generate(self, request: EngineRequest) -> tuple[Generation, bool]:
+        """The row's generation, from the cache where it is greedy and seen before."""
+        greedy = request.params.temperature == 0
+        key = (
+            tuple(request.prompt),
+            tuple(sorted(request.mix.items())),
+            request.strength,
+            request.params,
+        )
+        generation = self._cache.get(key) if greedy else None
+        self.metrics.cache.labels(result="miss" if generation is None else "hit").inc()
+        if generation is not None:
+            if request.on_token is not None:
+                for token in generation.chosen_tokens():
+                    request.on_token(token)
+            return generation, True
+        generation = await self._run_one(request)
+        if greedy:
+            self._cache.put(key, generation)
+        return generation, False
+
+    def _record(self, ask: Ask, caller: Caller, reply: Reply, *, request_text: str) -> None:
+        generation, versions = reply.generation, reply.adapter_versions
         self.journal.append(
             InteractionRecord(
-                public_id=interaction_id,
+                public_id=reply.interaction_id,
                 request_text=request_text,
                 output_text=generation.text,
-                strength=strength,
+                strength=ask.strength,
                 adapter_versions=versions,
                 token_entropies=generation.token_entropies,
                 token_margins=generation.token_margins,
-                latency_ms=latency_ms,
-                persona=persona,
-                mix=None if persona else mix,
-                consent=consent,
+                latency_ms=reply.latency_ms,
+                persona=ask.persona,
+                mix=None if ask.persona else ask.mix,
+                consent=ask.consent,
                 device_id=caller.device_id,
+                end_user=ask.end_user,
             )
         )
-        label = persona or "+".join(sorted(versions)) or BASE_MODEL_NAME
+        label = ask.persona or "+".join(sorted(versions)) or BASE_MODEL_NAME
         self.metrics.entropy.labels(persona=label).observe(generation.entropy_mean)
         for name, version in versions.items():
             self.metrics.adapter_requests.labels(persona=name, version=str(version)).inc()
-        return Reply(
-            generation=generation,
-            adapter_versions=versions,
-            interaction_id=interaction_id,
-            latency_ms=latency_ms,
-            cached=cached,
-        )
 
     async def transform(
         self, body: TransformRequest, caller: Caller, interaction_id: str
@@ -226,8 +283,9 @@ class InferenceService:
         self._check_length("text", body.text)
         mix = body.mix if body.mix is not None else {body.persona or "": 1.0}
         persona = parse_persona_ref(body.persona, field="persona")[0] if body.persona else None
-        reply = await self._reply(
-            messages=transform_messages(body.text),
+        ask = Ask(
+            prompts=[prompt_ids(self._tokenizer, transform_messages(body.text))],
+            request_texts=[body.text],
             mix=mix,
             field="persona" if body.persona else "mix",
             strength=body.strength,
@@ -237,12 +295,10 @@ class InferenceService:
                 top_p=body.top_p,
                 seed=body.seed,
             ),
-            caller=caller,
-            consent=body.consent,
-            interaction_id=interaction_id,
-            request_text=body.text,
             persona=persona,
+            consent=body.consent,
         )
+        [reply] = await self._answer(ask, caller, interaction_id)
         generation = reply.generation
         return TransformResponse(
             output=generation.text,
@@ -263,38 +319,78 @@ class InferenceService:
         caller: Caller,
         interaction_id: str,
         *,
-        on_token: TokenListener | None = None,
-    ) -> Reply:
-        """The next assistant turn for the body's conversation (logged as
-        ``interaction_id``); ``on_token`` hears each of its tokens as it is chosen."""
+        listeners: Sequence[TokenListener] | None = None,
+    ) -> list[Reply]:
+        """The next assistant turn for the body's conversation, ``n`` times (logged as
+        ``interaction_id`` and its choices'); ``listeners[i]`` hears choice i's tokens
+        as they are chosen."""
+        body.refuse_unsupported()
         for message in body.messages:
-            self._check_length("messages", message.content)
-        messages: list[Message] = [m.model_dump() for m in body.messages]
+            self._check_length("messages", message.text)
+        messages: list[Message] = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text}
+            for m in body.messages
+        ]
         if messages[0]["role"] != "system":
             messages = with_system(messages)
-        persona = (
-            None
-            if body.model == BASE_MODEL_NAME
-            else parse_persona_ref(body.model, field="model")[0]
+        ask = Ask(
+            prompts=[prompt_ids(self._tokenizer, messages)],
+            request_texts=[body.messages[-1].text],
+            params=self._openai_params(body, body.token_budget, body.top_logprobs or 0),
+            **self._openai_fields(body),
         )
-        return await self._reply(
-            messages=messages,
-            mix={} if persona is None else {body.model: 1.0},
-            field="model",
-            strength=body.strength,
-            params=SamplingParams(
-                max_new_tokens=body.max_tokens,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                seed=body.seed,
-            ),
-            caller=caller,
-            consent=body.consent,
-            interaction_id=interaction_id,
-            request_text=body.messages[-1].content,
-            persona=persona,
-            on_token=on_token,
+        return await self._answer(ask, caller, interaction_id, listeners)
+
+    async def complete(
+        self,
+        body: CompletionRequest,
+        caller: Caller,
+        interaction_id: str,
+        *,
+        listeners: Sequence[TokenListener] | None = None,
+    ) -> list[Reply]:
+        """Each prompt continued ``n`` times, as text (no chat template); see :meth:`chat`."""
+        body.refuse_unsupported()
+        for prompt in body.prompts:
+            self._check_length("prompt", prompt)
+        ask = Ask(
+            prompts=[self._tokenizer.encode(prompt) for prompt in body.prompts],
+            request_texts=body.prompts,
+            params=self._openai_params(body, body.max_tokens, body.logprobs or 0),
+            **self._openai_fields(body),
         )
+        return await self._answer(ask, caller, interaction_id, listeners)
+
+    @staticmethod
+    def _openai_params(
+        body: ChatCompletionRequest | CompletionRequest, budget: int, top_logprobs: int
+    ) -> SamplingParams:
+        defaults = SamplingParams()
+        return SamplingParams(
+            max_new_tokens=budget,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            repetition_penalty=body.repetition_penalty or defaults.repetition_penalty,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            stop=body.stops,
+            top_logprobs=top_logprobs,
+        )
+
+    @staticmethod
+    def _openai_fields(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+        """What an :class:`Ask` takes from an OpenAI body's ``model`` and its extensions."""
+        base = body.model == BASE_MODEL_NAME
+        return {
+            "mix": {} if base else {body.model: 1.0},
+            "field": "model",
+            "strength": body.strength,
+            "persona": None if base else parse_persona_ref(body.model, field="model")[0],
+            "consent": body.consent,
+            "n": body.n,
+            "end_user": body.end_user,
+        }
 
     def _check_length(self, field: str, text: str) -> None:
         if len(text) > self._max_input_chars:

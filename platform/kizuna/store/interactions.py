@@ -27,6 +27,8 @@ class InteractionRecord:
     mix: dict[str, float] | None = None
     consent: bool = False
     device_id: str | None = None
+    #: Who the client says the end user is (OpenAI's ``user``), for abuse tracing.
+    end_user: str | None = None
     #: Top-1 minus top-2 probability per token; empty for records written before margins.
     token_margins: list[float] = field(default_factory=list)
     entropy_mean: float = field(init=False)

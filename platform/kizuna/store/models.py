@@ -114,6 +114,9 @@ class Interaction(Base):
     public_id: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     device_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    end_user: Mapped[str | None] = mapped_column(
+        String(256), comment="the client's end-user id (OpenAI's user field)"
+    )
     persona: Mapped[str | None] = mapped_column(String(32), index=True)
     mix: Mapped[JsonDict | None] = mapped_column(comment="persona -> weight, for fused requests")
     adapter_versions: Mapped[JsonDict] = mapped_column(comment="persona -> version served")

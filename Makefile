@@ -38,7 +38,7 @@ test: setup system-deps lint chart ## Lint, check the chart, then run every test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## Only the fast unit tier, for iterating
-	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not integration and not k8s" $(PYTEST_ARGS)
 
 lint: setup ## ruff, ruff format --check, mypy, import-linter layering
 	$(BIN)/ruff check .

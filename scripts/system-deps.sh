@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests need (PostgreSQL server, Chromium for the
-# dashboard's browser tests) from Debian's
+# dashboard's browser tests, etcd for the k8s tier's API server) from Debian's
 # repositories when they are missing. Safe to re-run; does nothing when all are present.
 set -euo pipefail
 
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system-deps: all present"
@@ -25,5 +26,10 @@ if command -v pg_ctlcluster >/dev/null; then
   for cluster in /etc/postgresql/*/main; do
     [ -d "$cluster" ] && pg_ctlcluster "$(basename "$(dirname "$cluster")")" main stop || true
   done
+fi
+# Debian's etcd-server starts a system etcd where an init system runs; the k8s tier
+# starts its own on a free loopback port.
+if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 echo "system-deps: done"

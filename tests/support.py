@@ -27,8 +27,11 @@ from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.generation import Generation
 from kizuna.model.lora import LoraShape, new_adapter
 from kizuna.serve.runtime import Replica, build_replica
+from kizuna.store import runs
+from kizuna.store.adapters import register_adapter
 from kizuna.store.db import transaction
 from kizuna.store.interactions import InteractionRecord, log_interaction
+from kizuna.store.models import RunKind, RunPhase
 
 #: The bearer token of the replicas ``make_replica`` (conftest) builds.
 API_TOKEN = "test-token"
@@ -176,3 +179,39 @@ class PostgresServer:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+#: Offline metrics a candidate passes every default gate with.
+PASSING_METRICS = {
+    "style_accuracy": 0.9,
+    "content_preservation": 0.95,
+    "latency_p95_ms": 60.0,
+    "gates": {"strength_monotonic": True},
+}
+
+
+def register_retrain_result(
+    sessions: sessionmaker[Session], *, job_name: str, succeeded: bool = True
+) -> int | None:
+    """What a retrain job records when it ends: its run and, if it succeeded, a tsundere
+    candidate with passing metrics (its version is returned)."""
+    with transaction(sessions) as session:
+        record = runs.create_run(
+            session, kind=RunKind.RETRAIN, persona="tsundere", config={"job_name": job_name}
+        )
+        if not succeeded:
+            return None
+        version = register_adapter(
+            session,
+            persona="tsundere",
+            artifact_url=f"file:///artifacts/{job_name}",
+            sha256="2" * 64,
+            metrics=PASSING_METRICS,
+        ).version
+        runs.update_run(
+            session,
+            run_id=record.id,
+            phase=RunPhase.SUCCEEDED,
+            metrics={"candidate_version": version},
+        )
+    return version

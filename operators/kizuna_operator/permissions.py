@@ -38,8 +38,12 @@ FRAMEWORK = (
     | grants("", "events", "create")
 )
 
-#: Cluster-scoped: kopf scans the CRDs it serves.
-CLUSTER = grants("apiextensions.k8s.io", "customresourcedefinitions", "list", "watch")
+#: Cluster-scoped: kopf scans the CRDs it serves, and watches namespaces even when it
+#: serves one (without the grant it retries nine times, logging each refusal, before it
+#: falls back to the name it was given; found against a real API server).
+CLUSTER = grants("apiextensions.k8s.io", "customresourcedefinitions", "list", "watch") | grants(
+    "", "namespaces", "list", "watch"
+)
 
 #: Namespaced grants (the Role in the operator's namespace).
 NAMESPACED = CLIENT | FRAMEWORK

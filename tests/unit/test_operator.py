@@ -15,23 +15,17 @@ import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.rollout.resources import RetrainRunSpec
-from kizuna.store import adapters, runs
+from kizuna.store import adapters
 from kizuna.store.db import make_engine, session_factory, transaction
-from kizuna.store.models import AdapterStatus, RunKind, RunPhase
+from kizuna.store.models import AdapterStatus
 from kizuna_operator import handlers
 from kizuna_operator.cluster import PERSONALITIES, RAY, Resource
 from kizuna_operator.objects import JobTemplate, job_observation, ray_job
 from kizuna_operator.permissions import CLIENT, Permission
-from support import log_served
+from support import log_served, register_retrain_result
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "charts" / "kizuna" / "examples"
 NAMESPACE = "kizuna"
-GOOD = {
-    "style_accuracy": 0.9,
-    "content_preservation": 0.95,
-    "latency_p95_ms": 60.0,
-    "gates": {"strength_monotonic": True},
-}
 TEMPLATE = JobTemplate.model_validate(
     {
         "image": "ghcr.io/kizuna-ai/kizuna:0.1.0",
@@ -126,24 +120,7 @@ def reconcile(memo: kopf.Memo, run: dict[str, Any]) -> dict[str, Any]:
 def finish_job(memo: kopf.Memo, run: dict[str, Any], *, succeeded: bool) -> None:
     """What KubeRay and the job itself would do: register a candidate, mark the RayJob."""
     job_name = run["status"]["rayJob"]
-    with transaction(memo.sessions) as session:
-        record = runs.create_run(
-            session, kind=RunKind.RETRAIN, persona="tsundere", config={"job_name": job_name}
-        )
-        if succeeded:
-            version = adapters.register_adapter(
-                session,
-                persona="tsundere",
-                artifact_url="file:///artifacts/v2",
-                sha256="2" * 64,
-                metrics=GOOD,
-            ).version
-            runs.update_run(
-                session,
-                run_id=record.id,
-                phase=RunPhase.SUCCEEDED,
-                metrics={"candidate_version": version},
-            )
+    register_retrain_result(memo.sessions, job_name=job_name, succeeded=succeeded)
     job = memo.cluster.objects[(RAY, NAMESPACE, job_name)]
     job["status"] = (
         {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}

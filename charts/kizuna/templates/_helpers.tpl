@@ -148,11 +148,11 @@ spec:
             secretKeyRef: {name: {{ include "kizuna.authSecret" $root }}, key: api-tokens}
       ports:
         {{- if eq .role "ray-head" }}
-        - {name: gcs, containerPort: 6379}
-        - {name: dashboard, containerPort: 8265}
-        - {name: client, containerPort: 10001}
+        - {name: gcs, containerPort: 6379, protocol: TCP}
+        - {name: dashboard, containerPort: 8265, protocol: TCP}
+        - {name: client, containerPort: 10001, protocol: TCP}
         {{- end }}
-        - {name: serve, containerPort: 8000}
+        - {name: serve, containerPort: 8000, protocol: TCP}
       securityContext:
         {{- include "kizuna.containerSecurity" $root | nindent 8 }}
       resources:

@@ -58,7 +58,10 @@ def _rewrite(node: Any, definitions: dict[str, Any]) -> Any:
             return {**_rewrite(merged, definitions), "nullable": True}
     result: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROPPED or (key == "default" and value is None):
+        # An empty-string default is read as null, and refused, by v1.20's API server
+        # (found against a real one; newer servers accept it): the models' own defaults
+        # fill those fields wherever they are read.
+        if key in _DROPPED or (key == "default" and value in (None, "")):
             continue
         if key in ("exclusiveMinimum", "exclusiveMaximum"):
             result["minimum" if key == "exclusiveMinimum" else "maximum"] = value

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from conftest import CHART, HookJobsComplete, local_k8s, run
+from k8s_support import CHART, HookJobsComplete, local_k8s, run
 
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 #: Objects every namespace holds whatever is installed in it.

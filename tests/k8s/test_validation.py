@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 import yaml
+from k8s_support import CHART, run
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
-from conftest import CHART, run
 
 GROUP, VERSION, NAMESPACE = "kizuna.ai", "v1alpha1", "validation"
 PERSONALITY = yaml.safe_load((CHART / "examples" / "personality-tsundere.yaml").read_text())

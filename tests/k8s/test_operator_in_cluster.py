@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
+from k8s_support import CHART, REPO, HookJobsComplete, api_client, run, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from sqlalchemy.orm import Session, sessionmaker
 
-from conftest import CHART, REPO, HookJobsComplete, api_client, run, wait_for
 from kizuna.config import Settings
 from kizuna.rollout.backends import KubernetesOps
 from kizuna.store import adapters

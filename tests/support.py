@@ -31,7 +31,7 @@ from kizuna.store import runs
 from kizuna.store.adapters import register_adapter
 from kizuna.store.db import transaction
 from kizuna.store.interactions import InteractionRecord, log_interaction
-from kizuna.store.models import RunKind, RunPhase
+from kizuna.store.models import AdapterStatus, RunKind, RunPhase
 
 #: The bearer token of the replicas ``make_replica`` (conftest) builds.
 API_TOKEN = "test-token"
@@ -179,6 +179,18 @@ class PostgresServer:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def register_stable_tsundere(sessions: sessionmaker[Session]) -> None:
+    """The registry before any retrain: tsundere version 1, stable."""
+    with transaction(sessions) as session:
+        register_adapter(
+            session,
+            persona="tsundere",
+            artifact_url="file:///artifacts/v1",
+            sha256="1" * 64,
+            status=AdapterStatus.STABLE,
+        )
 
 
 #: Offline metrics a candidate passes every default gate with.

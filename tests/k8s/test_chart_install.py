@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from k8s_support import CHART, HookJobsComplete, local_k8s, run
+from kubernetes import client
 
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 #: Objects every namespace holds whatever is installed in it.
@@ -67,8 +68,6 @@ def _kept_on_purpose(manifest: str) -> set[str]:
 
 
 def _configmap(admin: Any, namespace: str, name: str) -> str:
-    from kubernetes import client
-
     return str(client.CoreV1Api(admin).read_namespaced_config_map(name, namespace).data)
 
 

@@ -24,9 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from kizuna.config import Settings
 from kizuna.rollout.backends import KubernetesOps
 from kizuna.store import adapters
-from kizuna.store.db import open_store, transaction
-from kizuna.store.models import AdapterStatus
-from support import log_served, register_retrain_result
+from kizuna.store.db import open_store
+from support import log_served, register_retrain_result, register_stable_tsundere
 
 NAMESPACE = "ops"
 GROUP, VERSION = "kizuna.ai", "v1alpha1"
@@ -91,14 +90,7 @@ def _service_account_kubeconfig(
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, sessionmaker[Session]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'kizuna.db'}"
     sessions = open_store(url)
-    with transaction(sessions) as session:
-        adapters.register_adapter(
-            session,
-            persona="tsundere",
-            artifact_url="file:///artifacts/v1",
-            sha256="1" * 64,
-            status=AdapterStatus.STABLE,
-        )
+    register_stable_tsundere(sessions)
     return url, sessions
 
 

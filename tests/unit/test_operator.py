@@ -17,12 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from kizuna.rollout.resources import RetrainRunSpec
 from kizuna.store import adapters
 from kizuna.store.db import make_engine, session_factory, transaction
-from kizuna.store.models import AdapterStatus
 from kizuna_operator import handlers
 from kizuna_operator.cluster import PERSONALITIES, RAY, Resource
 from kizuna_operator.objects import JobTemplate, job_observation, ray_job
 from kizuna_operator.permissions import CLIENT, Permission
-from support import log_served, register_retrain_result
+from support import log_served, register_retrain_result, register_stable_tsundere
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "charts" / "kizuna" / "examples"
 NAMESPACE = "kizuna"
@@ -85,14 +84,7 @@ def example(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def memo(sessions: sessionmaker[Session]) -> kopf.Memo:
-    with transaction(sessions) as session:
-        adapters.register_adapter(
-            session,
-            persona="tsundere",
-            artifact_url="file:///artifacts/v1",
-            sha256="1" * 64,
-            status=AdapterStatus.STABLE,
-        )
+    register_stable_tsundere(sessions)
     cluster = RecordingCluster()
     personality = example("personality-tsundere.yaml")
     personality["spec"]["gates"]["minCanaryRequests"] = 3

@@ -96,12 +96,11 @@ class Generation:
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def chosen_tokens(self) -> list[ChosenToken]:
-        """Each token with its log-probability and alternatives (where recorded)."""
-        logprobs = self.token_logprobs or [0.0] * len(self.token_ids)
+        """Each token with its log-probability and alternatives (where they were asked)."""
         tops = self.top_logprobs or [[] for _ in self.token_ids]
         return [
             ChosenToken(id=token, logprob=logprob, top=tuple(top))
-            for token, logprob, top in zip(self.token_ids, logprobs, tops, strict=True)
+            for token, logprob, top in zip(self.token_ids, self.token_logprobs, tops, strict=True)
         ]
 
     @property
@@ -202,9 +201,10 @@ def generate(
     if output.logits is None:
         raise RuntimeError("generate returned no logits")
     new_ids = output.sequences[0, len(prompt) :].tolist()
-    logits = torch.cat(output.logits, dim=0)
-    entropy, margin = token_uncertainty(logits)
+    log_probs = torch.log_softmax(torch.cat(output.logits, dim=0).float(), dim=-1)
+    entropy, margin = uncertainty_of(log_probs)
     entropies, margins = entropy.tolist(), margin.tolist()
+    chosen = log_probs[: len(new_ids)].gather(1, torch.tensor(new_ids, device=device)[:, None])
     return Generation(
         text=decode_reply(tokenizer, new_ids),
         token_ids=new_ids,
@@ -212,4 +212,5 @@ def generate(
         token_margins=[round(value, 6) for value in margins[: len(new_ids)]],
         prompt_tokens=len(prompt),
         finish_reason="length" if len(new_ids) >= params.max_new_tokens else "stop",
+        token_logprobs=[round(value, 6) for value in chosen[:, 0].tolist()],
     )

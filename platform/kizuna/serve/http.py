@@ -141,8 +141,7 @@ def create_app(service: InferenceService, authenticator: Authenticator) -> FastA
         if not body.stream:
             replies = await api.answer(body, caller, interaction_id)
             return api.whole(body, replies, texts, created=created)
-        prompts = len(body.prompts) if isinstance(body, CompletionRequest) else 1
-        stream = StreamedReplies(service.tokenizer, n=body.n * prompts, stops=body.stops)
+        stream = StreamedReplies(service.tokenizer, n=body.choices, stops=body.stops)
         stream.start(api.answer(body, caller, interaction_id, listeners=stream.listeners))
         await stream.started()  # bad input and overload still get their status
         events = completion_events(

@@ -96,6 +96,11 @@ class _OpenAIRequest(StrictBody):
         return self.user
 
     @property
+    def choices(self) -> int:
+        """How many choices the answer holds (each a row of the engine batch)."""
+        return self.n
+
+    @property
     def include_usage(self) -> bool:
         """Whether a stream ends with a usage chunk."""
         return self.stream_options is not None and self.stream_options.include_usage
@@ -238,7 +243,7 @@ class CompletionRequest(_OpenAIRequest):
 
     @model_validator(mode="after")
     def _bounded(self) -> CompletionRequest:
-        if len(self.prompts) * self.n > MAX_CHOICES:
+        if self.choices > MAX_CHOICES:
             raise ValueError(f"prompts × n is over {MAX_CHOICES}")
         return self
 
@@ -246,6 +251,11 @@ class CompletionRequest(_OpenAIRequest):
     def prompts(self) -> list[str]:
         """``prompt`` as a list."""
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+    @property
+    def choices(self) -> int:
+        """``n`` choices for each prompt."""
+        return len(self.prompts) * self.n
 
     def refuse_unsupported(self) -> None:
         """See :meth:`_OpenAIRequest.refuse_unsupported`; also suffixes and best-of."""

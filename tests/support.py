@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import uvicorn
@@ -227,3 +229,32 @@ def register_retrain_result(
             metrics={"candidate_version": version},
         )
     return version
+
+
+@contextlib.contextmanager
+def cpu_hog(*, limit_s: float = 1200.0) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every core kept busy by a spinning process while the block runs (at most
+    ``limit_s``: a hog left by a crashed test ends by itself)."""
+    spin = f"import time\nend = time.monotonic() + {limit_s}\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield hogs
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def processes_of(data_dir: Path) -> list[psutil.Process]:
+    """Live processes (zombies aside) started for the install at ``data_dir``: everything a
+    ``kizuna`` command starts inherits its ``KIZUNA_DATA_DIR``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get("KIZUNA_DATA_DIR") == str(data_dir):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, Tim
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from kizuna import processes
 from kizuna.artifacts import ArtifactIntegrityError
 from kizuna.bootstrap import BOOTSTRAP_ARGS
 from kizuna.config import Settings
@@ -452,11 +453,19 @@ def federate(
     root_certificates: Annotated[
         Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")
     ] = None,
+    factors: Annotated[
+        str, typer.Option(help="LoRA factors devices train and send: b (exact mean) or both.")
+    ] = "b",
+    resume: Annotated[
+        int | None,
+        typer.Option(help="Resume this failed federated run after its last recorded round."),
+    ] = None,
 ) -> None:
     """Improve a persona's adapter on fleet devices with Flower; registers a candidate.
 
     With --local-devices N everything runs here: a SuperLink, N simulated devices (each
-    with its own data dir and store), the rounds, then a clean shutdown.
+    with its own data dir and store), the rounds, then a clean shutdown. A run that fails
+    or is stopped (Ctrl-C, SIGTERM) is marked failed; --resume RUN continues it.
     """
     import threading
 
@@ -476,25 +485,30 @@ def federate(
             "give either --superlink HOST:PORT (or the superlink setting) or --local-devices N"
         )
     profiles = _profiles(config, persona)
-    job = FederationConfig.model_validate(
-        {
-            "persona": persona,
-            "rounds": rounds,
-            "mode": mode,
-            "rule": rule,
-            "noise_multiplier": noise_multiplier,
-            "clipping_norm": clipping_norm,
-            "local_steps": local_steps,
-            "min_devices": min(min_devices, local_devices or min_devices),
-        }
-    )
     factory = open_store(config.resolved_database_url)
-    with transaction(factory) as session:
-        stable_adapter(session, persona=persona)  # fail before starting anything
-        run_id = run_store.create_run(
-            session, kind=RunKind.FEDERATED, persona=persona, config=job.model_dump()
-        ).id
-    job = job.model_copy(update={"run_id": run_id})
+    if resume is not None:
+        job = _resumable(factory, persona=persona, run_id=resume)
+    else:
+        job = FederationConfig.model_validate(
+            {
+                "persona": persona,
+                "rounds": rounds,
+                "mode": mode,
+                "rule": rule,
+                "factors": factors,
+                "noise_multiplier": noise_multiplier,
+                "clipping_norm": clipping_norm,
+                "local_steps": local_steps,
+                "min_devices": min(min_devices, local_devices or min_devices),
+            }
+        )
+        with transaction(factory) as session:
+            stable_adapter(session, persona=persona)  # fail before starting anything
+            new_run = run_store.create_run(
+                session, kind=RunKind.FEDERATED, persona=persona, config=job.model_dump()
+            )
+            job = job.model_copy(update={"run_id": new_run.id})
+    run_id, rounds, mode = job.run_id, job.rounds, job.mode
     outcome: list[Any] = []
 
     def launch() -> None:
@@ -514,26 +528,36 @@ def federate(
 
     worker = threading.Thread(target=launch, daemon=True)
     worker.start()
-    with _bar() as bar:
-        task = bar.add_task(f"federate {persona} ({mode})", total=rounds, note="starting")
-        while worker.is_alive():
-            worker.join(timeout=1.0)
-            with factory() as session:
-                run = session.get(Run, run_id)
-                assert run is not None
-                bar.update(task, completed=round(run.progress * rounds), note=run.message)
+    try:
+        with _bar() as bar:
+            task = bar.add_task(f"federate {persona} ({mode})", total=rounds, note="starting")
+            while worker.is_alive():
+                worker.join(timeout=1.0)
+                with factory() as session:
+                    run = session.get(Run, run_id)
+                    assert run is not None
+                    bar.update(task, completed=round(run.progress * rounds), note=run.message)
+    except BaseException as exc:  # Ctrl-C or SIGTERM: main() ends every process next
+        _unfinished(factory, run_id, f"stopped ({type(exc).__name__})")
+        err.print(
+            f"federated run {run_id} stopped; resume: kizuna federate {persona} "
+            f"--resume {run_id} ..."
+        )
+        raise
     flower = outcome[0] if outcome else None
-    with transaction(factory) as session:
+    _unfinished(
+        factory,
+        run_id,
+        f"{type(flower).__name__}: {flower}"
+        if isinstance(flower, Exception)
+        # flwr run's own status says only whether it could submit and stream the run.
+        else f"the ServerApp ended before the run did (flwr run exit {flower.returncode})"
+        if flower is not None
+        else "no result",
+    )
+    with factory() as session:
         run = session.get(Run, run_id)
         assert run is not None
-        if run.phase in (RunPhase.PENDING, RunPhase.RUNNING):
-            # The ServerApp never finished (flwr could not start it, or it was killed).
-            reason = (
-                f"{type(flower).__name__}: {flower}"
-                if isinstance(flower, Exception)
-                else f"flwr run exited with {getattr(flower, 'returncode', '?')}"
-            )
-            run_store.update_run(session, run_id=run_id, phase=RunPhase.FAILED, message=reason)
         rounds_done = run_store.rounds_of(session, run_id=run_id)
     if isinstance(flower, Exception):
         raise flower
@@ -554,8 +578,39 @@ def federate(
         if flower is not None:
             err.print(flower.stdout[-4000:] + flower.stderr[-2000:], markup=False, highlight=False)
         err.print(f"error: federated run {run_id} {run.phase.value}: {run.message}")
+        err.print(
+            f"resume it after its last recorded round: kizuna federate {persona} "
+            f"--resume {run_id} (with the same --superlink or --local-devices)"
+        )
         raise typer.Exit(1)
     out.print(f"run {run_id}: {run.message}")
+
+
+def _resumable(factory: Any, *, persona: str, run_id: int) -> Any:
+    """The configuration of failed federated run ``run_id`` of ``persona``, reopened."""
+    from kizuna.federation.config import FederationConfig
+    from kizuna.store.db import transaction
+    from kizuna.store.models import Run, RunKind
+    from kizuna.store.runs import reopen_run
+
+    with transaction(factory) as session:
+        run = session.get(Run, run_id)
+        if run is None or run.kind != RunKind.FEDERATED or run.persona != persona:
+            raise ValueError(f"no federated run {run_id} of {persona}")
+        reopen_run(session, run_id=run_id)
+        return FederationConfig.model_validate({**run.config, "run_id": run_id})
+
+
+def _unfinished(factory: Any, run_id: int, reason: str) -> None:
+    """Mark the run failed with ``reason`` if its ServerApp did not finish it."""
+    from kizuna.store import runs as run_store
+    from kizuna.store.db import transaction
+    from kizuna.store.models import Run, RunPhase
+
+    with transaction(factory) as session:
+        run = session.get(Run, run_id)
+        if run is not None and run.phase in (RunPhase.PENDING, RunPhase.RUNNING):
+            run_store.update_run(session, run_id=run_id, phase=RunPhase.FAILED, message=reason)
 
 
 @device_app.command("simulate")
@@ -800,6 +855,11 @@ def demo(
         outcome = loop.run()
     except StageFailed as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(
+            f"every stage's log is kept in {loop.board.log_dir}; to resume, run `kizuna demo` "
+            "again with the same data dir: the bootstrap keeps its adapters and the stored "
+            "interactions stay, so finished work is not repeated from scratch"
+        )
         raise typer.Exit(1) from exc
     out.print(outcome.table())
     out.print(outcome.stage_table())
@@ -830,8 +890,18 @@ def db_upgrade(
     out.print(f"store at revision {current_revision(engine)} ({engine.url.render_as_string()})")
 
 
+def _shut_down_ray() -> None:
+    """Stop a local Ray this command started, before its processes are ended."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: run the app, turning user errors into one line and exit code 2; on
+    success, failure, Ctrl-C or SIGTERM, every process the command started is ended."""
+    processes.become_subreaper()
+    processes.raise_on_sigterm()
     try:
         app()
     except USER_ERRORS as exc:
@@ -842,3 +912,6 @@ def main() -> None:
             message = f"invalid setting {field}: {first['msg']}"
         err.print(f"error: {message}", markup=False, highlight=False)
         sys.exit(2)
+    finally:
+        _shut_down_ray()
+        processes.end_descendants()

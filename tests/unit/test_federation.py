@@ -4,6 +4,7 @@ import logging
 import math
 import tomllib
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -13,13 +14,14 @@ from pydantic import ValidationError
 
 from kizuna.federation.config import FederationConfig
 from kizuna.federation.deployment import APP_DIR
+from kizuna.federation.exactness import aggregation_error, full_update
 from kizuna.federation.manifest import DeviceManifest
 from kizuna.federation.privacy import add_noise, epsilon
 from kizuna.federation.server_app import noise_std
 from kizuna.federation.strategies.robust import combine, screen
 from kizuna.federation.strategies.rules import RULES, rule_named
 from kizuna.federation.task import RoundInstructions
-from kizuna.federation.updates import AdapterLayout, clipped, l2_norm
+from kizuna.federation.updates import AdapterLayout, Arrays, clipped, l2_norm
 
 LAYOUT = AdapterLayout.of({"b.lora_B": torch.zeros(4, 2), "a.lora_A": torch.zeros(2, 3)})
 
@@ -61,8 +63,10 @@ class TestRunConfig:
             seed=1,
             names=list(LAYOUT.names),
             adapter_config='{"r": 2}',
+            factors="b",
         )
         assert RoundInstructions.decode(instructions.encode()) == instructions
+        assert instructions.sent_names == ["b.lora_B"]
 
 
 class TestUpdates:
@@ -166,3 +170,50 @@ def test_a_device_dir_needs_its_manifest(tmp_path: Path) -> None:
         DeviceManifest.read(tmp_path)
     DeviceManifest(device_id="d1", base_model="m").write(tmp_path / "d1")
     assert DeviceManifest.read(tmp_path / "d1") == DeviceManifest("d1", "m")
+
+
+class TestExactAggregation:
+    """mean(Bᵢ)·mean(Aᵢ) ≠ mean(BᵢAᵢ); with A frozen (FFA-LoRA) the mean of ΔB is exact."""
+
+    # Two LoRA modules of rank 4 (B: out × r, A: r × in), as PEFT names them.
+    TENSORS: ClassVar[dict[str, torch.Tensor]] = {
+        "q.lora_A.weight": torch.zeros(4, 16),
+        "q.lora_B.weight": torch.zeros(24, 4),
+        "v.lora_A.weight": torch.zeros(4, 16),
+        "v.lora_B.weight": torch.zeros(8, 4),
+    }
+
+    def _start_and_updates(self, sent: AdapterLayout) -> tuple[Arrays, list[Arrays]]:
+        layout = AdapterLayout.of(self.TENSORS)
+        rng = np.random.default_rng(0)
+        start = [rng.normal(0, 0.1, s).astype(np.float32) for s in layout.shapes]
+        updates = [
+            [rng.normal(0, 0.05, s).astype(np.float32) for s in sent.shapes] for _ in range(5)
+        ]
+        return start, updates
+
+    @pytest.mark.parametrize("factors", ["b", "both"])
+    def test_the_relative_error_of_the_mean_update(self, factors: str) -> None:
+        layout = AdapterLayout.of(self.TENSORS)
+        sent = layout.sent(factors)  # type: ignore[arg-type]
+        assert sent.names == (
+            ("q.lora_B.weight", "v.lora_B.weight") if factors == "b" else layout.names
+        )
+        start, updates = self._start_and_updates(sent)
+        mean = combine(updates, FederationConfig(mode="robust", rule="fedavg"))
+        error = aggregation_error(
+            layout,
+            start,
+            [full_update(layout, sent, u) for u in updates],
+            full_update(layout, sent, mean),
+        )
+        if factors == "b":
+            assert error <= 1e-6
+        else:  # averaging A and B apart misses the cross terms of the devices' updates
+            assert error > 1e-2
+
+    def test_no_change_is_no_error(self) -> None:
+        layout = AdapterLayout.of(self.TENSORS)
+        start, _ = self._start_and_updates(layout)
+        zero = [np.zeros(s, dtype=np.float32) for s in layout.shapes]
+        assert aggregation_error(layout, start, [zero, zero], zero) == 0.0

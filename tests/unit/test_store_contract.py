@@ -232,6 +232,19 @@ class TestRuns:
             ]
             assert runs.list_runs(s, kind=RunKind.FEDERATED) == []
 
+    def test_only_a_failed_run_reopens_to_resume(self, sessions: sessionmaker[Session]) -> None:
+        with transaction(sessions) as s:
+            failed = runs.create_run(s, kind=RunKind.FEDERATED, persona="cool").id
+            done = runs.create_run(s, kind=RunKind.FEDERATED, persona="cool").id
+            runs.update_run(s, run_id=failed, phase=RunPhase.FAILED, message="stopped")
+            runs.update_run(s, run_id=done, phase=RunPhase.SUCCEEDED)
+        with transaction(sessions) as s:
+            run = runs.reopen_run(s, run_id=failed)
+            assert (run.phase, run.finished_at) == (RunPhase.PENDING, None)
+            runs.update_run(s, run_id=failed, phase=RunPhase.RUNNING)
+        with pytest.raises(ValueError, match="only a failed run"), transaction(sessions) as s:
+            runs.reopen_run(s, run_id=done)
+
     def test_federated_rounds(self, sessions: sessionmaker[Session]) -> None:
         with transaction(sessions) as s:
             run_id = runs.create_run(s, kind=RunKind.FEDERATED, persona="sly").id

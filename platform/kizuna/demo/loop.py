@@ -86,7 +86,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_healthy(url: str, server: BackgroundProcess, timeout_s: float) -> None:
+def wait_healthy(url: str, server: BackgroundProcess, timeout_s: float) -> None:
+    """Block until `kizuna serve` at ``url`` answers its health check."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not server.running():
@@ -167,7 +168,7 @@ class DemoLoop:
                     env=self.env,
                 )
                 stage.note("starting Ray Serve and loading the base model")
-                _wait_healthy(url, server, options.server_timeout_s)
+                wait_healthy(url, server, options.server_timeout_s)
                 stage.done(f"{url} (log: {server.log})")
             since = utcnow()
             fleet = Fleet(url, devices, seed=7, max_new_tokens=24)

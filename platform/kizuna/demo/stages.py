@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from kizuna.processes import end_session
+
 
 class StageFailed(RuntimeError):
     """A stage did not finish; the message says why and where its log is."""
@@ -146,7 +148,8 @@ class BackgroundProcess:
         return self.process.poll() is None
 
     def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout_s``; the exit status."""
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit status. Whatever it left in
+        its session (Ray's processes, if it died before stopping them) is ended too."""
         if self.running():
             self.process.terminate()
             try:
@@ -154,5 +157,6 @@ class BackgroundProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        end_session(self.process.pid, grace_s=10.0)
         self._sink.close()
         return self.process.returncode

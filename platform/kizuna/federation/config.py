@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Mode = Literal["secure", "robust"]
+#: ``b``: only the LoRA B factors are trained and sent (exact aggregation); ``both``: A and B.
+Factors = Literal["b", "both"]
 RunConfigValue = bool | int | float | str
 
 
@@ -24,6 +26,12 @@ class FederationConfig(BaseModel):
     #: Robust mode's aggregation rule, by registered name (see ``strategies``).
     rule: str = "multi-krum"
     trim_fraction: float = Field(default=0.2, ge=0.0, lt=0.5)
+    #: The LoRA factors devices train and send: ``b`` (A frozen and shared, FFA-LoRA: the
+    #: mean of the updates is exact) or ``both`` (A and B averaged apart: inexact).
+    factors: Factors = "b"
+    #: How often a round that fails (an error, too few valid updates) is played before it
+    #: is recorded as incomplete; a failed attempt releases nothing, so costs no ε.
+    round_attempts: int = Field(default=2, ge=1, le=10)
     #: Krum's assumed number of malicious devices.
     byzantine: int = Field(default=1, ge=0)
     min_devices: int = Field(default=2, ge=2)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from kizuna.federation.credentials import (
 )
 from kizuna.federation.devices import simulate_devices
 from kizuna.personas.schema import PersonaProfile
+from kizuna.processes import end_session, kill_session
 
 APP_DIR = Path(__file__).parent / "app"
 
@@ -87,26 +87,16 @@ def kizuna_environment(settings: Settings) -> dict[str, str]:
 
 
 def stop(process: subprocess.Popen[bytes], *, grace_s: float = 10.0) -> None:
-    """Stop a process and its children (each is started in its own session)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
+    """Stop a process started in its own session, and every process still in that session:
+    a SuperLink's ServerApp may outlive the SuperLink and ignore SIGTERM for a while."""
+    end_session(process.pid, grace_s=grace_s)
+    process.poll()
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a process and its children at once (a device losing power)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    process.wait()
+    """SIGKILL a process and its session at once (a device losing power)."""
+    kill_session(process.pid)
+    process.poll()
 
 
 @dataclass
@@ -296,8 +286,9 @@ def local_federation(
         "127.0.0.1",
         "--port",
         str(port),
-        "--database",
-        str(work_dir / "superlink.db"),
+        # No --database: Flower's in-memory link state. Its SQLite state waits 5 s for a
+        # lock and then fails the device's request (HTTP 500) on a busy machine; a local
+        # SuperLink lives for one run, and the rounds and weights are in Kizuna's store.
         # The ServerApp is the installed kizuna package: nothing to install per run.
         "--disable-runtime-dependency-installation",
     ]

@@ -3,9 +3,11 @@
 Each round sends the current LoRA weights (never data) to every connected device,
 collects their clipped updates in the run's protection mode, adds Gaussian noise scaled
 to the aggregation rule's sensitivity, and applies the result. Rounds, rejected updates
-and ε are written to the store as they happen; the final weights are published as a
-``candidate`` version whose lineage carries the privacy budget, for the retrain job to
-warm-start from.
+and ε are written to the store as they happen, the weights after each completed round
+are kept beside them, and a run started again with the same ``run_id`` resumes after its
+last recorded round. A round that fails is played again (``round_attempts``) before it
+counts as incomplete. The final weights are published as a ``candidate`` version whose
+lineage carries the privacy budget, for the retrain job to warm-start from.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from flwr.app import Context
 from flwr.common import FitIns, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import load_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.artifacts import fetch_directory, publish_directory
 from kizuna.config import Settings
 from kizuna.federation.client_app import INSTRUCTIONS_KEY
 from kizuna.federation.config import FederationConfig
+from kizuna.federation.exactness import aggregation_error, full_update
 from kizuna.federation.privacy import add_noise, epsilon
 from kizuna.federation.strategies.outcome import RoundOutcome
 from kizuna.federation.strategies.robust import robust_round
@@ -48,8 +52,14 @@ app = ServerApp()
 
 
 def aggregates_dir(settings: Settings, run_id: int) -> Path:
-    """Where ``record_aggregates`` keeps each round's aggregate before noise."""
+    """Where ``record_aggregates`` keeps each round's aggregate before noise, and where the
+    weights after each completed round are kept for a resumed run."""
     return settings.data_dir / "federation" / f"run-{run_id}"
+
+
+def checkpoint_path(settings: Settings, run_id: int, round_number: int) -> Path:
+    """The adapter's weights after round ``round_number`` of run ``run_id``."""
+    return aggregates_dir(settings, run_id) / f"weights-round-{round_number}.safetensors"
 
 
 def noise_std(config: FederationConfig, participants: int) -> float:
@@ -90,12 +100,35 @@ class FederatedRun:
         )
         tensors = load_lora_tensors(directory)
         self.layout = AdapterLayout.of(tensors)
+        #: What devices train and send: the B factors only, unless ``factors`` is ``both``.
+        self.sent = self.layout.sent(config.factors)
         self.weights: Arrays = self.layout.arrays(tensors)
         self.adapter_config = (directory / "adapter_config.json").read_text(encoding="utf-8")
         self.completed: list[int] = []
         self.participants: list[int] = []
         #: ε spent so far at the configured δ (the accountant runs once per released round).
         self.epsilon = 0.0
+        self.next_round = 1
+        self._resume()
+
+    def _resume(self) -> None:
+        """Continue after the last round the store has of this run (none: start at 1)."""
+        with self.sessions() as session:
+            records = run_store.rounds_of(session, run_id=self.run_id)
+            done = [(r.round_number, r.participants) for r in records if r.details["completed"]]
+            last = records[-1].round_number if records else 0
+        if not records:
+            return
+        self.next_round = last + 1
+        if done:
+            checkpoint = checkpoint_path(self.settings, self.run_id, done[-1][0])
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"run {self.run_id} cannot resume: {checkpoint} is gone")
+            self.weights = self.layout.arrays(load_file(str(checkpoint)))
+            self.completed = [number for number, _ in done]
+            self.participants = [count for _, count in done]
+            self.epsilon = self._spent()
+        log.info("run %d resumes at round %d", self.run_id, self.next_round)
 
     def _start_adapter(self, session: Session) -> Adapter:
         persona, version = self.config.persona, self.config.start_version
@@ -131,6 +164,7 @@ class FederatedRun:
             seed=config.seed,
             names=list(self.layout.names),
             adapter_config=self.adapter_config,
+            factors=config.factors,
         ).encode()
         return {INSTRUCTIONS_KEY: text}
 
@@ -152,7 +186,7 @@ class FederatedRun:
                 self.weights,
                 instructions,
                 round_number=round_number,
-                layout=self.layout,
+                layout=self.sent,
                 config=self.config,
             )
         content = compat.fitins_to_recorddict(
@@ -163,37 +197,86 @@ class FederatedRun:
             node_ids,
             content,
             round_number=round_number,
-            layout=self.layout,
+            layout=self.sent,
             config=self.config,
         )
+
+    def play_with_retries(self, grid: Grid, context: Context, round_number: int) -> RoundOutcome:
+        """:meth:`play_round` until it yields an aggregate or ``round_attempts`` are used."""
+        attempt = 1
+        while True:
+            try:
+                outcome = self.play_round(grid, context, round_number)
+            except Exception as exc:  # a device or the grid failed mid-round: play it again
+                log.exception("round %d attempt %d raised", round_number, attempt)
+                outcome = RoundOutcome(
+                    aggregate=None, participants=0, note=f"{type(exc).__name__}: {exc}"
+                )
+            outcome.attempts = attempt
+            if outcome.aggregate is not None or attempt == self.config.round_attempts:
+                return outcome
+            failure = f"round {round_number} attempt {attempt} failed ({outcome.note}); again"
+            log.warning("%s", failure)
+            self._progress(failure)
+            attempt += 1
 
     def apply(self, round_number: int, outcome: RoundOutcome) -> float:
         """Noise the aggregate, add it to the weights; returns the noise std used."""
         assert outcome.aggregate is not None
         if self.config.record_aggregates:
             path = aggregates_dir(self.settings, self.run_id) / f"round-{round_number}.safetensors"
-            save_arrays(path, self.layout.names, outcome.aggregate)
+            save_arrays(path, self.sent.names, outcome.aggregate)
         std = noise_std(self.config, outcome.participants)
-        noised = add_noise(outcome.aggregate, std=std)
+        noised = full_update(self.layout, self.sent, add_noise(outcome.aggregate, std=std))
         self.weights = [w + u for w, u in zip(self.weights, noised, strict=True)]
+        save_arrays(
+            checkpoint_path(self.settings, self.run_id, round_number),
+            self.layout.names,
+            self.weights,
+        )
         self.completed.append(round_number)
         self.participants.append(outcome.participants)
-        self.epsilon = epsilon(
+        self.epsilon = self._spent()
+        return std
+
+    def _spent(self) -> float:
+        return epsilon(
             noise_multiplier=self.config.noise_multiplier,
             rounds=len(self.completed),
             delta=self.config.delta,
         )
-        return std
+
+    def aggregation_error(self, outcome: RoundOutcome, start: Arrays) -> float | None:
+        """The relative aggregation error, where the server sees the updates it averaged
+        (``robust`` mode with the mean rule); None elsewhere."""
+        if not outcome.updates or outcome.aggregate is None or self.config.rule != "fedavg":
+            return None
+        updates = [full_update(self.layout, self.sent, u) for u in outcome.updates]
+        aggregate = full_update(self.layout, self.sent, outcome.aggregate)
+        return aggregation_error(self.layout, start, updates, aggregate)
+
+    def _progress(self, message: str) -> None:
+        with transaction(self.sessions) as session:
+            run_store.update_run(session, run_id=self.run_id, message=message)
 
     def record(
-        self, round_number: int, outcome: RoundOutcome, *, started: datetime, std: float | None
+        self,
+        round_number: int,
+        outcome: RoundOutcome,
+        *,
+        started: datetime,
+        std: float | None,
+        error: float | None,
     ) -> None:
         """Write the round to the store and move the run's progress."""
         details = {
             "mode": self.config.mode,
             "rule": "secagg+ mean" if self.config.mode == "secure" else self.config.rule,
+            "factors": self.config.factors,
             "completed": outcome.aggregate is not None,
+            "attempts": outcome.attempts,
             "noise_std": std,
+            "aggregation_error": error,
             "note": outcome.note,
             "seconds": (utcnow() - started).total_seconds(),
         }
@@ -284,11 +367,12 @@ def run_federation(
     """Every round of one federated run, then the candidate it registers."""
     run = FederatedRun(config, settings, open_store(settings.resolved_database_url))
     try:
-        for round_number in range(1, config.rounds + 1):
-            started = utcnow()
-            outcome = run.play_round(grid, context, round_number)
+        for round_number in range(run.next_round, config.rounds + 1):
+            started, start = utcnow(), run.weights
+            outcome = run.play_with_retries(grid, context, round_number)
+            error = run.aggregation_error(outcome, start)
             std = run.apply(round_number, outcome) if outcome.aggregate is not None else None
-            run.record(round_number, outcome, started=started, std=std)
+            run.record(round_number, outcome, started=started, std=std, error=error)
             log.info(
                 "round %d: %d participants, %d rejected, %s",
                 round_number,
@@ -300,7 +384,7 @@ def run_federation(
             raise RuntimeError("no round completed; the adapter is unchanged")
         return run.register_candidate()
     except BaseException as exc:
-        run.fail(f"{type(exc).__name__}: {exc}")
+        run.fail(f"{type(exc).__name__}: {exc}" if str(exc) else f"stopped ({type(exc).__name__})")
         raise
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from peft import get_peft_model_state_dict
 from sqlalchemy import select
 
+from kizuna.federation.config import Factors
 from kizuna.federation.manifest import SENT_UPDATES_DIR, DeviceManifest, device_store_url
 from kizuna.federation.updates import (
     AdapterLayout,
@@ -24,6 +25,7 @@ from kizuna.federation.updates import (
     l2_norm,
     save_adapter,
     save_arrays,
+    trains,
 )
 from kizuna.model.base import load_base_model, load_tokenizer, resolve_device
 from kizuna.model.finetune import FinetuneArgs, Pair, train_lora
@@ -48,6 +50,13 @@ class RoundInstructions:
     names: list[str]
     #: The PEFT ``adapter_config.json`` of the adapter being improved.
     adapter_config: str
+    #: Which LoRA factors are trained and sent (the rest stay frozen).
+    factors: Factors
+
+    @property
+    def sent_names(self) -> list[str]:
+        """The tensors a device's update holds, in layout order."""
+        return [name for name in self.names if trains(name, self.factors)]
 
     def encode(self) -> str:
         """As one JSON string (Flower config values are scalars)."""
@@ -103,6 +112,9 @@ def local_update(data_dir: Path, instructions: RoundInstructions, weights: Array
             arrays=weights,
         )
         model = load_adapter(base, adapter_dir, name=instructions.persona, trainable=True)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not trains(name, instructions.factors):
+            parameter.requires_grad_(False)
     args = FinetuneArgs(
         steps=instructions.steps,
         batch_size=instructions.batch_size,
@@ -110,8 +122,10 @@ def local_update(data_dir: Path, instructions: RoundInstructions, weights: Array
         seed=instructions.seed + instructions.round,
     )
     losses = train_lora(model, tokenizer, pairs, args)
-    trained = layout.arrays(get_peft_model_state_dict(model, adapter_name=instructions.persona))
-    update = difference(trained, weights)
+    sent = layout.sent(instructions.factors)
+    trained = sent.arrays(get_peft_model_state_dict(model, adapter_name=instructions.persona))
+    before = [w for name, w in zip(layout.names, weights, strict=True) if name in sent.names]
+    update = difference(trained, before)
     return LocalUpdate(
         update=clipped(update, instructions.clipping_norm),
         examples=len(pairs),
@@ -123,4 +137,4 @@ def local_update(data_dir: Path, instructions: RoundInstructions, weights: Array
 def keep_sent_update(data_dir: Path, instructions: RoundInstructions, update: Arrays) -> Path:
     """Write what left the device this round into its own data dir (for its owner's audit)."""
     name = f"run-{instructions.run_id}-round-{instructions.round}.safetensors"
-    return save_arrays(data_dir / SENT_UPDATES_DIR / name, instructions.names, update)
+    return save_arrays(data_dir / SENT_UPDATES_DIR / name, instructions.sent_names, update)

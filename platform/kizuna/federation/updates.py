@@ -2,6 +2,12 @@
 
 Both sides use these: a device clips what it sends; the server checks everything it can
 see (every update in ``robust`` mode, the aggregate in ``secure`` mode) before it is used.
+
+Which factors travel (``Factors``): averaging A and B separately is not averaging the
+updates, mean(Bᵢ)·mean(Aᵢ) ≠ mean(BᵢAᵢ). With A frozen and shared (FFA-LoRA, Sun et al.,
+ICLR 2024) a device's change ΔW = s·ΔBᵢ·A is linear in what it sends, so the mean of the
+ΔBᵢ gives exactly the mean change, from sums alone (SecAgg+), at half the bytes and half
+the dimensions DP noise lands on. ``both`` keeps the old inexact rule for comparison.
 """
 
 from __future__ import annotations
@@ -16,9 +22,15 @@ from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 from numpy.typing import NDArray
 from safetensors.numpy import save_file
 
+from kizuna.federation.config import Factors
 from kizuna.model.quantize import PEFT_WEIGHTS_FILE
 
 Arrays = list[NDArray[np.float32]]
+
+
+def trains(name: str, factors: Factors) -> bool:
+    """Whether devices train and send the tensor (or parameter) called ``name``."""
+    return factors == "both" or "lora_B" in name
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,13 @@ class AdapterLayout:
         """The layout of a PEFT state dict, in sorted-name order."""
         names = tuple(sorted(tensors))
         return cls(names=names, shapes=tuple(tuple(tensors[n].shape) for n in names))
+
+    def sent(self, factors: Factors) -> AdapterLayout:
+        """The part of the layout that devices train and send."""
+        keep = [i for i, name in enumerate(self.names) if trains(name, factors)]
+        return AdapterLayout(
+            names=tuple(self.names[i] for i in keep), shapes=tuple(self.shapes[i] for i in keep)
+        )
 
     def arrays(self, tensors: Mapping[str, torch.Tensor]) -> Arrays:
         """The tensors as float32 arrays in layout order."""

@@ -54,6 +54,18 @@ def update_run(
     return run
 
 
+def reopen_run(session: Session, *, run_id: int) -> Run:
+    """Move a failed run back to pending so that it can resume where it stopped."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise LookupError(f"no run with id {run_id}")
+    if run.phase != RunPhase.FAILED:
+        raise ValueError(f"run {run_id} is {run.phase.value}; only a failed run resumes")
+    run.phase, run.finished_at, run.message = RunPhase.PENDING, None, "resuming"
+    session.flush()
+    return run
+
+
 def unfinished_run(session: Session, *, kind: RunKind, config: JsonDict) -> Run | None:
     """The newest pending or running run of ``kind`` with exactly this config, to resume."""
     query = select(Run).where(Run.kind == kind, Run.phase.not_in(_FINISHED)).order_by(Run.id.desc())

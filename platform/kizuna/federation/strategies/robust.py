@@ -92,5 +92,6 @@ def robust_round(
         participants=len(accepted),
         rejected=rejected,
         update_norms=norms,
+        updates=accepted,
         note=f"{missing} devices did not answer" if missing else "",
     )

@@ -1,5 +1,6 @@
-"""A SecAgg+ round that loses too many devices stops cleanly and the next round runs
-(Flower's Simulation Runtime, Kizuna's ServerApp logic and ClientApp, tiny model)."""
+"""A SecAgg+ round that loses too many devices stops cleanly and the next round runs; a
+round whose devices fail once is played again and completes (Flower's Simulation
+Runtime, Kizuna's ServerApp logic and ClientApp, tiny model)."""
 
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def test_a_round_below_the_threshold_stops_and_the_next_one_runs(
         base_model=settings.base_model,
         interactions=8,
     )
-    config = FederationConfig(persona="tsundere", rounds=2, mode="secure", local_steps=1)
+    config = FederationConfig(
+        persona="tsundere", rounds=2, mode="secure", local_steps=1, round_attempts=1
+    )
     candidate = simulate(
         config,
         settings,
@@ -58,3 +61,37 @@ def test_a_round_below_the_threshold_stops_and_the_next_one_runs(
     assert second.details["completed"] and second.participants == 3
     assert candidate.lineage["rounds"] == [2]
     assert candidate.lineage["epsilon"] == pytest.approx(second.epsilon)
+
+
+def test_a_round_whose_devices_fail_once_is_played_again(
+    bootstrapped: Settings, tmp_path: Path
+) -> None:
+    failed = tmp_path / "failed-once"  # devices run in Ray workers: a file is shared state
+
+    def fail_the_first_attempt(msg: Message, context: Context) -> Message:
+        marker = failed / str(context.node_config["partition-id"])
+        if int(context.node_config["partition-id"]) > 0 and not marker.exists():
+            marker.parent.mkdir(exist_ok=True)
+            marker.touch()
+            raise ConnectionError("the device lost its connection while training")
+        return train(msg, context)
+
+    devices = simulate_devices(
+        tmp_path / "devices",
+        count=3,
+        profiles=[load_profiles()["tsundere"]],
+        base_model=bootstrapped.base_model,
+        interactions=8,
+    )
+    config = FederationConfig(persona="tsundere", rounds=1, mode="robust", local_steps=1)
+    candidate = simulate(
+        config,
+        bootstrapped,
+        devices_root=devices[0].parent,
+        devices=3,
+        handler=fail_the_first_attempt,
+    )
+    with open_store(bootstrapped.resolved_database_url)() as session:
+        (only,) = rounds_of(session, run_id=candidate.lineage["run_id"])
+    assert only.details["completed"] and only.details["attempts"] == 2
+    assert only.participants == 3 and candidate.lineage["rounds"] == [1]

@@ -301,6 +301,9 @@ class FederatedRun:
                 message=f"round {round_number}/{self.config.rounds} {state}; {budget}",
                 metrics={"epsilon": self.stored_epsilon, "rounds_completed": len(self.completed)},
             )
+        if outcome.aggregate is not None:  # recorded: an older checkpoint is never read again
+            for older in self.completed[:-1]:
+                checkpoint_path(self.settings, self.run_id, older).unlink(missing_ok=True)
 
     def register_candidate(self) -> Adapter:
         """Publish the final weights as the persona's next ``candidate`` version."""

@@ -545,16 +545,7 @@ def federate(
         )
         raise
     flower = outcome[0] if outcome else None
-    _unfinished(
-        factory,
-        run_id,
-        f"{type(flower).__name__}: {flower}"
-        if isinstance(flower, Exception)
-        # flwr run's own status says only whether it could submit and stream the run.
-        else f"the ServerApp ended before the run did (flwr run exit {flower.returncode})"
-        if flower is not None
-        else "no result",
-    )
+    _unfinished(factory, run_id, _why_unfinished(flower))
     with factory() as session:
         run = session.get(Run, run_id)
         assert run is not None
@@ -599,6 +590,16 @@ def _resumable(factory: Any, *, persona: str, run_id: int) -> Any:
             raise ValueError(f"no federated run {run_id} of {persona}")
         reopen_run(session, run_id=run_id)
         return FederationConfig.model_validate({**run.config, "run_id": run_id})
+
+
+def _why_unfinished(flower: Any) -> str:
+    """Why a run the ServerApp did not finish ended, from what ``flwr run`` gave back."""
+    if isinstance(flower, Exception):
+        return f"{type(flower).__name__}: {flower}"
+    if flower is None:
+        return "no result"
+    # flwr run's own status says only whether it could submit and stream the run.
+    return f"the ServerApp ended before the run did (flwr run exit {flower.returncode})"
 
 
 def _unfinished(factory: Any, run_id: int, reason: str) -> None:
@@ -668,12 +669,14 @@ def device_run(
         typer.Option(help="Private key for node authentication; default: <data-dir>/device.key."),
     ] = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Local ClientApp API port.")] = 9094,
+    max_restarts: Annotated[
+        int, typer.Option(min=0, help="Give up after the SuperNode quits this often in a row.")
+    ] = 5,
 ) -> None:
-    """Run this device's Flower SuperNode with Kizuna's ClientApp until stopped."""
-    import subprocess
-
+    """Run this device's Flower SuperNode with Kizuna's ClientApp until stopped; a
+    SuperNode that quits (a server error) is started again after a growing pause."""
     from kizuna.federation.credentials import DEVICE_KEY_FILE
-    from kizuna.federation.deployment import flower_environment, supernode_command
+    from kizuna.federation.deployment import flower_environment, keep_running, supernode_command
     from kizuna.federation.manifest import DeviceManifest
 
     manifest = DeviceManifest.read(data_dir)
@@ -689,9 +692,15 @@ def device_run(
         auth_key=auth_key,
     )
     err.print(f"device {manifest.device_id} → {superlink}")
-    status = subprocess.run(command, env=flower_environment(), check=False).returncode
-    if status != 0:
-        raise typer.Exit(status)
+
+    def restarting(status: int, wait_s: float) -> None:
+        err.print(f"the SuperNode exited with {status}; rejoining in {wait_s:.0f} s")
+
+    status = keep_running(
+        command, env=flower_environment(), max_restarts=max_restarts, on_restart=restarting
+    )
+    err.print(f"error: the SuperNode quit {max_restarts + 1} times in a row; last status {status}")
+    raise typer.Exit(status or 1)
 
 
 def _print_quality(report: dict[str, Any]) -> None:

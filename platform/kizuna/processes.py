@@ -111,10 +111,28 @@ def kill_session(leader_pid: int) -> None:
     psutil.wait_procs(targets, timeout=5.0)
 
 
+#: Python's own helpers that ignore SIGTERM, end by themselves when the process that
+#: started them exits (their pipe closes) and clean up as they go (shared memory,
+#: semaphores): they are left to do so, since killing them would leak what they track.
+SELF_ENDING_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _self_ending(process: psutil.Process) -> bool:
+    try:
+        command = " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return any(helper in command for helper in SELF_ENDING_HELPERS)
+
+
 def end_descendants(*, grace_s: float = 10.0) -> list[psutil.Process]:
     """End every descendant of this process: children first, so each can stop its own
     helpers, then whatever is left; returns those that had to be SIGKILLed."""
     me = psutil.Process()
-    killed = end(me.children(), grace_s=grace_s)
-    killed += end(me.children(recursive=True), grace_s=grace_s / 2)
+
+    def ours(processes: list[psutil.Process]) -> list[psutil.Process]:
+        return [p for p in processes if not _self_ending(p)]
+
+    killed = end(ours(me.children()), grace_s=grace_s)
+    killed += end(ours(me.children(recursive=True)), grace_s=grace_s / 2)
     return killed

@@ -1,4 +1,4 @@
-"""Flower's Deployment Engine on loopback: a real SuperLink, five SuperNodes, SecAgg+ with
+"""Flower's Deployment Engine on loopback: a real SuperLink, four SuperNodes, SecAgg+ with
 DP for two rounds while one device is killed mid-round (tiny model, real everything)."""
 
 import re
@@ -33,10 +33,9 @@ from kizuna.store.adapters import list_adapters
 from kizuna.store.db import open_store
 from kizuna.store.models import AdapterStatus, Run, RunPhase
 from kizuna.store.runs import rounds_of
-from kizuna_jobs.retrain import RetrainConfig, warm_start_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-DEVICES = 5
+DEVICES = 4
 VICTIM = 2
 
 
@@ -129,41 +128,6 @@ def test_secure_rounds_survive_a_killed_device(bootstrapped: Settings, tmp_path:
         )
         assert worst <= step * 1.001, (round_number, worst, step)
         assert max(float(np.abs(v).max()) for v in aggregate.values()) > 10 * step
-
-
-def test_federate_command_runs_local_devices_end_to_end(bootstrapped: Settings) -> None:
-    env = {
-        "KIZUNA_DATA_DIR": str(bootstrapped.data_dir),
-        "KIZUNA_BASE_MODEL": bootstrapped.base_model,
-        "KIZUNA_DEVICE": "cpu",
-    }
-    result = kizuna(
-        "federate",
-        "--persona",
-        "tsundere",
-        "--rounds",
-        "1",
-        "--mode",
-        "robust",
-        "--local-devices",
-        "3",
-        "--local-steps",
-        "1",
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "registered tsundere v2 (candidate); ε = " in result.stdout
-    assert len(list((bootstrapped.data_dir / "devices").glob("device-*/device.json"))) == 3
-    with open_store(bootstrapped.resolved_database_url)() as session:
-        federated = warm_start_adapter(
-            session, RetrainConfig(persona="tsundere", warm_start="federated")
-        )
-        (round_one,) = rounds_of(session, run_id=federated.lineage["run_id"])
-    # The retrain job warm-starts from what the fleet produced.
-    assert federated.version == 2 and federated.lineage["mode"] == "robust"
-    assert federated.lineage["aggregation"] == "multi-krum"
-    assert round_one.participants == 3 and len(round_one.update_norms) == 3
 
 
 @pytest.mark.parametrize(

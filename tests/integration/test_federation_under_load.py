@@ -1,7 +1,8 @@
 """The loop on a busy machine: every core spun by a hog while ``kizuna federate`` runs a
 secure round on four local devices, and while ``kizuna serve`` takes the demo's traffic;
-and ``kizuna federate`` stopped with SIGTERM mid-run, then resumed. Nothing a command
-started may be alive after it, and nothing acknowledged may be lost."""
+and ``kizuna federate`` (three local devices, end to end) stopped with SIGTERM mid-run,
+then resumed to a candidate the retrain job warm-starts from. Nothing a command started
+may be alive after it, and nothing acknowledged may be lost."""
 
 import os
 import signal
@@ -24,6 +25,7 @@ from kizuna.store.db import open_store, transaction
 from kizuna.store.devices import register_device
 from kizuna.store.models import AdapterStatus, Interaction, Run, RunKind, RunPhase
 from kizuna.store.runs import rounds_of
+from kizuna_jobs.retrain import RetrainConfig, warm_start_adapter
 from support import cpu_hog, free_port, processes_of
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
@@ -37,8 +39,8 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _federate(*extra: str) -> list[str]:
-    local = ["--local-devices", "4", "--local-steps", "1"]
+def _federate(devices: int, *extra: str) -> list[str]:
+    local = ["--local-devices", str(devices), "--local-steps", "1"]
     return ["federate", "--persona", "tsundere", *local, *extra]
 
 
@@ -64,7 +66,7 @@ def test_a_secure_round_on_four_devices_completes_while_every_core_is_busy(
     with cpu_hog() as hogs:
         started = time.monotonic()
         result = kizuna(
-            *_federate(), "--rounds", "1", "--mode", "secure", env=_env(bootstrapped), timeout=900
+            *_federate(4), "--rounds", "1", "--mode", "secure", env=_env(bootstrapped), timeout=900
         )
         seconds = time.monotonic() - started
         assert all(hog.poll() is None for hog in hogs)  # the cores stayed busy throughout
@@ -81,7 +83,7 @@ def test_a_secure_round_on_four_devices_completes_while_every_core_is_busy(
 
 def test_sigterm_mid_run_ends_every_process_and_the_run_resumes(bootstrapped: Settings) -> None:
     command = subprocess.Popen(
-        kizuna_command(*_federate(), "--rounds", "2", "--mode", "robust", "--rule", "fedavg"),
+        kizuna_command(*_federate(3), "--rounds", "2", "--mode", "robust", "--rule", "fedavg"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -96,7 +98,7 @@ def test_sigterm_mid_run_ends_every_process_and_the_run_resumes(bootstrapped: Se
         time.sleep(0.5)
     assert run is not None and command.poll() is None, command.stdout and command.stdout.read()
     time.sleep(2.0)  # round 2 is under way
-    assert len(processes_of(bootstrapped.data_dir)) > 4  # CLI, SuperLink, SuperNodes, …
+    assert len(processes_of(bootstrapped.data_dir)) > 4  # CLI, SuperLink, 3 SuperNodes, …
     command.send_signal(signal.SIGTERM)
     output, _ = command.communicate(timeout=120)
     assert command.returncode == SIGTERM_EXIT_CODE, output[-3000:]
@@ -106,13 +108,22 @@ def test_sigterm_mid_run_ends_every_process_and_the_run_resumes(bootstrapped: Se
     assert stopped is not None and stopped.phase == RunPhase.FAILED, stopped
     assert checkpoint_path(bootstrapped, run.id, 1).is_file()
 
-    resumed = kizuna(*_federate(), "--resume", str(run.id), env=_env(bootstrapped), timeout=600)
+    resumed = kizuna(*_federate(3), "--resume", str(run.id), env=_env(bootstrapped), timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "registered tsundere v2 (candidate); ε = " in resumed.stdout
+    assert len(list((bootstrapped.data_dir / "devices").glob("device-*/device.json"))) == 3
     with open_store(bootstrapped.resolved_database_url)() as session:
         rounds = rounds_of(session, run_id=run.id)
         candidate = list_adapters(session, persona="tsundere")[-1]
+        # The retrain job warm-starts from what the fleet produced.
+        federated = warm_start_adapter(
+            session, RetrainConfig(persona="tsundere", warm_start="federated")
+        )
     assert [r.round_number for r in rounds] == [1, 2]  # round 1 was not played again
+    assert all(r.participants == 3 and len(r.update_norms) == 3 for r in rounds)
     assert candidate.status == AdapterStatus.CANDIDATE and candidate.lineage["rounds"] == [1, 2]
+    assert federated.version == candidate.version == 2
+    assert (federated.lineage["mode"], federated.lineage["aggregation"]) == ("robust", "fedavg")
     # The server saw every update and averaged them: the mean of the B updates is exact.
     errors = [r.details["aggregation_error"] for r in rounds]
     print(f"\nrelative aggregation error per round (fedavg, B only): {errors}")

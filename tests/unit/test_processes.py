@@ -1,4 +1,5 @@
-"""Process cleanup: a helper that outlives its parent and ignores SIGTERM is still ended."""
+"""Process lifetimes: a helper that outlives its parent and ignores SIGTERM is still ended;
+a command's SIGTERM ends what it started; a device's SuperNode that quits is restarted."""
 
 import os
 import subprocess
@@ -9,6 +10,7 @@ import time
 import psutil
 import pytest
 
+from kizuna.federation.deployment import keep_running
 from kizuna.processes import SIGTERM_EXIT_CODE, end_session, session_tree
 
 # A leader that starts a helper ignoring SIGTERM, reports its pid, then exits: the helper
@@ -71,3 +73,35 @@ def test_sigterm_of_a_kizuna_command_ends_what_it_started(busy: bool) -> None:
     command.terminate()
     assert command.wait(timeout=30) == SIGTERM_EXIT_CODE
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_device_supernode_that_quits_is_started_again_then_given_up() -> None:
+    restarts: list[tuple[int, float]] = []
+    status = keep_running(
+        [sys.executable, "-c", "import sys; sys.exit(3)"],
+        env=os.environ.copy(),
+        max_restarts=2,
+        on_restart=lambda code, wait_s: restarts.append((code, wait_s)),
+    )
+    assert status == 3
+    assert restarts == [(3, 1.0), (3, 2.0)]  # growing pauses, then it gives up
+
+
+def test_python_helpers_that_end_with_their_parent_are_left_to_do_so() -> None:
+    # multiprocessing's resource tracker ignores SIGTERM and exits when its parent does;
+    # waiting out the grace period for it would add seconds to every command.
+    script = textwrap.dedent(
+        """
+        import multiprocessing.resource_tracker as tracker, time
+        from kizuna import processes
+        tracker.ensure_running()
+        started = time.monotonic()
+        killed = processes.end_descendants(grace_s=5.0)
+        print(len(killed), round(time.monotonic() - started, 1))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    killed, seconds = result.stdout.split()
+    assert killed == "0" and float(seconds) < 2.5

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +97,33 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL a process and its session at once (a device losing power)."""
     kill_session(process.pid)
     process.poll()
+
+
+def keep_running(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    max_restarts: int,
+    settle_s: float = 60.0,
+    on_restart: Callable[[int, float], None] = lambda status, wait_s: None,
+) -> int:
+    """Run a device's SuperNode, starting it again whenever it exits, until it has exited
+    ``max_restarts`` times in a row within ``settle_s`` of starting; returns its last status.
+
+    Flower's SuperNode retries an unreachable SuperLink and 502/503/504, but quits on any
+    other server error (a SuperLink's HTTP 500 under load); a device should rejoin instead.
+    Waits 1, 2, 4, … 60 s between starts; a run that lasted ``settle_s`` resets the count.
+    """
+    quick_exits = 0
+    while True:
+        started = time.monotonic()
+        status = subprocess.run(list(command), env=dict(env), check=False).returncode
+        quick_exits = quick_exits + 1 if time.monotonic() - started < settle_s else 1
+        if quick_exits > max_restarts:
+            return status
+        wait_s = min(60.0, 2.0 ** (quick_exits - 1))
+        on_restart(status, wait_s)
+        time.sleep(wait_s)
 
 
 @dataclass

@@ -24,10 +24,12 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from kizuna.config import Settings
+from kizuna.federation.devices import simulate_devices
 from kizuna.model.base import load_base_model
 from kizuna.model.engine import EngineRequest, build_engine
 from kizuna.model.generation import Generation
 from kizuna.model.lora import LoraShape, new_adapter
+from kizuna.personas import load_profiles
 from kizuna.serve.runtime import Replica, build_replica
 from kizuna.store import runs
 from kizuna.store.adapters import register_adapter
@@ -258,3 +260,23 @@ def processes_of(data_dir: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def tsundere_devices(
+    settings: Settings,
+    root: Path,
+    *,
+    count: int,
+    interactions: int,
+    keep_sent_updates: bool = False,
+) -> list[Path]:
+    """``count`` simulated fleet devices under ``root``, each with ``interactions`` of its
+    own with the tsundere persona, on the base model of ``settings``."""
+    return simulate_devices(
+        root,
+        count=count,
+        profiles=[load_profiles()["tsundere"]],
+        base_model=settings.base_model,
+        interactions=interactions,
+        keep_sent_updates=keep_sent_updates,
+    )

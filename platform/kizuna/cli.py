@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -34,6 +34,13 @@ from kizuna.rollout.commands import rollout_app
 from kizuna.store.adapters import AdapterNotFoundError
 from kizuna.teacher.base import TeacherUnavailableError
 from kizuna.teacher.registry import DEFAULT_TEACHER, teacher_names
+
+if TYPE_CHECKING:  # the commands import what they use when they run: a fast start
+    import subprocess
+
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from kizuna.federation.config import FederationConfig
 
 app = typer.Typer(
     help="Kizuna: personality adapters that keep improving.",
@@ -577,7 +584,7 @@ def federate(
     out.print(f"run {run_id}: {run.message}")
 
 
-def _resumable(factory: Any, *, persona: str, run_id: int) -> Any:
+def _resumable(factory: sessionmaker[Session], *, persona: str, run_id: int) -> FederationConfig:
     """The configuration of failed federated run ``run_id`` of ``persona``, reopened."""
     from kizuna.federation.config import FederationConfig
     from kizuna.store.db import transaction
@@ -592,7 +599,7 @@ def _resumable(factory: Any, *, persona: str, run_id: int) -> Any:
         return FederationConfig.model_validate({**run.config, "run_id": run_id})
 
 
-def _why_unfinished(flower: Any) -> str:
+def _why_unfinished(flower: subprocess.CompletedProcess[str] | Exception | None) -> str:
     """Why a run the ServerApp did not finish ended, from what ``flwr run`` gave back."""
     if isinstance(flower, Exception):
         return f"{type(flower).__name__}: {flower}"
@@ -602,7 +609,7 @@ def _why_unfinished(flower: Any) -> str:
     return f"the ServerApp ended before the run did (flwr run exit {flower.returncode})"
 
 
-def _unfinished(factory: Any, run_id: int, reason: str) -> None:
+def _unfinished(factory: sessionmaker[Session], run_id: int, reason: str) -> None:
     """Mark the run failed with ``reason`` if its ServerApp did not finish it."""
     from kizuna.store import runs as run_store
     from kizuna.store.db import transaction

@@ -24,15 +24,14 @@ from kizuna.federation.deployment import (
     stop,
     supernode_command,
 )
-from kizuna.federation.devices import simulate_devices
 from kizuna.federation.manifest import SENT_UPDATES_DIR, DeviceManifest
 from kizuna.federation.server_app import aggregates_dir
 from kizuna.federation.task import local_pairs
-from kizuna.personas import load_profiles
 from kizuna.store.adapters import list_adapters
 from kizuna.store.db import open_store
 from kizuna.store.models import AdapterStatus, Run, RunPhase
 from kizuna.store.runs import rounds_of
+from support import tsundere_devices
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICES = 4
@@ -47,13 +46,8 @@ def _training_started(log: Path) -> bool:
 
 @pytest.mark.reliability
 def test_secure_rounds_survive_a_killed_device(bootstrapped: Settings, tmp_path: Path) -> None:
-    devices = simulate_devices(
-        tmp_path / "devices",
-        count=DEVICES,
-        profiles=[load_profiles()["tsundere"]],
-        base_model=bootstrapped.base_model,
-        interactions=16,
-        keep_sent_updates=True,
+    devices = tsundere_devices(
+        bootstrapped, tmp_path / "devices", count=DEVICES, interactions=16, keep_sent_updates=True
     )
     config = FederationConfig(
         persona="tsundere",
@@ -166,13 +160,7 @@ def test_device_simulate_creates_device_stores(tmp_path: Path, tiny_model_dir: P
 def test_only_registered_devices_join_an_authenticating_superlink(
     bootstrapped: Settings, tmp_path: Path
 ) -> None:
-    devices = simulate_devices(
-        tmp_path / "devices",
-        count=3,
-        profiles=[load_profiles()["tsundere"]],
-        base_model=bootstrapped.base_model,
-        interactions=8,
-    )
+    devices = tsundere_devices(bootstrapped, tmp_path / "devices", count=3, interactions=8)
     config = FederationConfig(persona="tsundere", rounds=1, mode="robust", local_steps=1)
     with local_federation(bootstrapped, tmp_path / "flower", authenticate=True) as federation:
         assert federation.tls is not None

@@ -11,13 +11,12 @@ from flwr.compat.common import recorddict_compat as compat
 from kizuna.config import Settings
 from kizuna.federation.client_app import INSTRUCTIONS_KEY, train
 from kizuna.federation.config import FederationConfig
-from kizuna.federation.devices import simulate_devices
-from kizuna.federation.simulation import simulate
+from kizuna.federation.simulation import Handler, simulate
 from kizuna.federation.task import RoundInstructions
-from kizuna.personas import load_profiles
 from kizuna.store.db import open_store
-from kizuna.store.models import Run
+from kizuna.store.models import Adapter, Run
 from kizuna.store.runs import rounds_of
+from support import tsundere_devices
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,27 +29,22 @@ def _most_devices_drop_in_round_one(msg: Message, context: Context) -> Message:
     return train(msg, context)
 
 
+def _on_three_devices(
+    settings: Settings, tmp_path: Path, config: FederationConfig, handler: Handler
+) -> Adapter:
+    """``config``'s rounds on three simulated devices whose messages ``handler`` answers."""
+    devices = tsundere_devices(settings, tmp_path / "devices", count=3, interactions=8)
+    return simulate(config, settings, devices_root=devices[0].parent, devices=3, handler=handler)
+
+
 def test_a_round_below_the_threshold_stops_and_the_next_one_runs(
     bootstrapped: Settings, tmp_path: Path
 ) -> None:
     settings = bootstrapped
-    devices = simulate_devices(
-        tmp_path / "devices",
-        count=3,
-        profiles=[load_profiles()["tsundere"]],
-        base_model=settings.base_model,
-        interactions=8,
-    )
     config = FederationConfig(
         persona="tsundere", rounds=2, mode="secure", local_steps=1, round_attempts=1
     )
-    candidate = simulate(
-        config,
-        settings,
-        devices_root=devices[0].parent,
-        devices=3,
-        handler=_most_devices_drop_in_round_one,
-    )
+    candidate = _on_three_devices(settings, tmp_path, config, _most_devices_drop_in_round_one)
     with open_store(settings.resolved_database_url)() as session:
         run = session.get(Run, candidate.lineage["run_id"])
         assert run is not None
@@ -76,21 +70,8 @@ def test_a_round_whose_devices_fail_once_is_played_again(
             raise ConnectionError("the device lost its connection while training")
         return train(msg, context)
 
-    devices = simulate_devices(
-        tmp_path / "devices",
-        count=3,
-        profiles=[load_profiles()["tsundere"]],
-        base_model=bootstrapped.base_model,
-        interactions=8,
-    )
     config = FederationConfig(persona="tsundere", rounds=1, mode="robust", local_steps=1)
-    candidate = simulate(
-        config,
-        bootstrapped,
-        devices_root=devices[0].parent,
-        devices=3,
-        handler=fail_the_first_attempt,
-    )
+    candidate = _on_three_devices(bootstrapped, tmp_path, config, fail_the_first_attempt)
     with open_store(bootstrapped.resolved_database_url)() as session:
         (only,) = rounds_of(session, run_id=candidate.lineage["run_id"])
     assert only.details["completed"] and only.details["attempts"] == 2

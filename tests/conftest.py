@@ -91,14 +91,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def judge_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One persona-judge cache for the run: the judge is keyed by its training set, and
+    training it (about a minute here) in every test's fresh data dir cost CI minutes."""
+    return tmp_path_factory.mktemp("judge-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's settings or writes outside its temporary directory."""
+def _isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, judge_cache_dir: Path
+) -> None:
+    """No test reads the developer's settings or writes outside its temporary directories."""
     for name in list(os.environ):
         if name.startswith("KIZUNA_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("KIZUNA_JUDGE_CACHE_DIR", str(judge_cache_dir))
 
 
 @pytest.fixture

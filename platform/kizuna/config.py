@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         description="Extra personality profiles (*.yaml); default: <data_dir>/personas. A file "
         "there with a shipped profile's id replaces it.",
     )
+    judge_cache_dir: Path | None = Field(
+        default=None,
+        description="Where the persona judge is cached, one folder per training set (so several "
+        "installs can share one); default: <data_dir>/classifier.",
+    )
     serve_host: str = Field(default="127.0.0.1", description="Address the HTTP API binds.")
     serve_port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP API.")
     max_input_chars: int = Field(
@@ -232,7 +237,7 @@ class Settings(BaseSettings):
     @property
     def judge_dir(self) -> Path:
         """Where the persona judge is cached, one folder per training set."""
-        return self.data_dir / "classifier"
+        return self.judge_cache_dir or self.data_dir / "classifier"
 
     @property
     def datasets_dir(self) -> Path:

@@ -1,5 +1,6 @@
 """Evaluation: the persona judge, style accuracy, content, loops, leakage, diversity."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from kizuna.datasets.content import ContentCheck
 from kizuna.evaluation.classifier import (
     NEUTRAL,
     PersonaClassifier,
+    _publish,
     heldout_report,
     training_texts,
 )
@@ -106,6 +108,18 @@ def test_the_judge_round_trips_through_safetensors(judge_and_heldout, tmp_path: 
     np.testing.assert_allclose(
         loaded.probabilities(test.texts[:50]), classifier.probabilities(test.texts[:50]), atol=1e-6
     )
+
+
+def test_a_cached_judge_is_published_whole_when_two_writers_race(tmp_path: Path) -> None:
+    tiny = PersonaClassifier([NEUTRAL, "cool"], np.zeros((2, 4)), np.zeros(2))
+    entry = tmp_path / "judges" / "0123abcd"
+    entry.mkdir(parents=True)
+    (entry / "classes.json").write_text("[]")  # an interrupted writer's leftovers
+    _publish(entry, tiny, {"accuracy": 1.0})
+    _publish(entry, tiny, {"accuracy": 0.5})  # the race's loser keeps nothing
+    assert json.loads((entry / "heldout.json").read_text()) == {"accuracy": 1.0}
+    assert PersonaClassifier.load(entry).classes == [NEUTRAL, "cool"]
+    assert [p.name for p in entry.parent.iterdir()] == ["0123abcd"]
 
 
 def test_distinct_n_counts_words_in_english_and_characters_in_chinese() -> None:

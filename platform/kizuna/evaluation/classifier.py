@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -235,7 +237,21 @@ def load_or_train(profiles: Mapping[str, PersonaProfile], cache_dir: Path) -> Tr
     classifier = PersonaClassifier.train(train)
     accuracy = classifier.accuracy(test)
     by_language = heldout_report(classifier, test, profiles)
-    classifier.save(directory)
-    # Last: a partial cache is never read.
-    heldout_file.write_text(json.dumps({"accuracy": accuracy, "by_language": by_language}))
+    _publish(directory, classifier, {"accuracy": accuracy, "by_language": by_language})
     return TrainedClassifier(classifier, accuracy, by_language)
+
+
+def _publish(directory: Path, classifier: PersonaClassifier, heldout: dict[str, object]) -> None:
+    """Write the cache entry beside ``directory``, then rename it into place: several
+    processes (a retrain's workers, installs sharing one cache) may train the same set at
+    once, and none may read a half-written one."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    classifier.save(staging)
+    (staging / "heldout.json").write_text(json.dumps(heldout))
+    if directory.exists() and not (directory / "heldout.json").is_file():
+        shutil.rmtree(directory, ignore_errors=True)  # left by an interrupted older writer
+    try:
+        staging.rename(directory)
+    except OSError:  # another process published the same training set first
+        shutil.rmtree(staging, ignore_errors=True)

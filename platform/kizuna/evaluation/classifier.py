@@ -212,6 +212,10 @@ def heldout_report(
     return report
 
 
+#: In every complete judge cache entry; a folder without it was left by an interrupted writer.
+HELDOUT_FILE = "heldout.json"
+
+
 def load_or_train(profiles: Mapping[str, PersonaProfile], cache_dir: Path) -> TrainedClassifier:
     """The judge for these profiles, trained once and cached under ``cache_dir``.
 
@@ -228,7 +232,7 @@ def load_or_train(profiles: Mapping[str, PersonaProfile], cache_dir: Path) -> Tr
         ).encode("utf-8")
     ).hexdigest()[:16]
     directory = cache_dir / digest
-    heldout_file = directory / "heldout.json"
+    heldout_file = directory / HELDOUT_FILE
     if heldout_file.is_file():
         saved = json.loads(heldout_file.read_text())
         return TrainedClassifier(
@@ -248,8 +252,8 @@ def _publish(directory: Path, classifier: PersonaClassifier, heldout: dict[str, 
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     classifier.save(staging)
-    (staging / "heldout.json").write_text(json.dumps(heldout))
-    if directory.exists() and not (directory / "heldout.json").is_file():
+    (staging / HELDOUT_FILE).write_text(json.dumps(heldout))
+    if directory.exists() and not (directory / HELDOUT_FILE).is_file():
         shutil.rmtree(directory, ignore_errors=True)  # left by an interrupted older writer
     try:
         staging.rename(directory)
